@@ -1,0 +1,3 @@
+from bloomchat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,20 @@
+"""Base models and tokenizers: build tiny ones locally, load real ones, save in HF layout."""
+
+from bloomchat.models.presets import SIZE_PRESETS, build_bloom
+from bloomchat.models.tokenizer import (
+    ensure_chat_template,
+    tokenizer_fingerprint,
+    train_bpe_tokenizer,
+)
+from bloomchat.models.loading import load_model, load_tokenizer, save_pretrained
+
+__all__ = [
+    "SIZE_PRESETS",
+    "build_bloom",
+    "ensure_chat_template",
+    "load_model",
+    "load_tokenizer",
+    "save_pretrained",
+    "tokenizer_fingerprint",
+    "train_bpe_tokenizer",
+]

@@ -1,0 +1,75 @@
+"""Byte-level BPE tokenizers trained locally (BLOOM's kind, smaller), and the chat template.
+
+Special tokens follow BLOOM's ids: <unk>=0, <s>=1, </s>=2, <pad>=3, so a tiny model built here
+and bigscience/bloom-* agree on what bos/eos/pad are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+from bloomchat.chat_format import CHAT_TEMPLATE
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def ensure_chat_template(tokenizer, *, overwrite: bool = False):
+    """Give a tokenizer the BLOOMChat chat template (and a pad token) unless it has one."""
+    if overwrite or not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8000, *, min_frequency: int = 2):
+    """Train a byte-level BPE tokenizer on `texts`; returns a transformers fast tokenizer.
+
+    Byte-level: every UTF-8 string is representable (Chinese, Arabic, Hindi ... never <unk>).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        padding_side="left",  # left padding keeps batched generation aligned at the prompt end
+        clean_up_tokenization_spaces=False,
+    )
+    return ensure_chat_template(fast)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of the vocabulary and special tokens: shards and models record it, training
+    refuses shards whose fingerprint differs from the model's tokenizer."""
+    vocab = tokenizer.get_vocab()
+    payload = json.dumps(
+        {"vocab": sorted(vocab.items()), "eos": tokenizer.eos_token, "bos": tokenizer.bos_token},
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def save_tokenizer(tokenizer, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_chat_template(tokenizer)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,71 @@
+"""Shared fixtures: real data under ../shared/data (skip rule), tiny tokenizer and model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("BLOOMCHAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def shared_path(*parts: str) -> Path:
+    """Path of real data under ../shared/data; skips the test when absent, fails under CI=true."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        msg = f"real data not found: {p}"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true requires ../shared/data beside the repo)")
+        pytest.skip(msg)
+    return p
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """Callable fixture: shared_data('dolly15k', 'file.jsonl') -> Path (skip/fail rule above)."""
+    return shared_path
+
+
+_TOKENIZER_TEXTS = [
+    "<human>: Hello, how are you?\n<bot>: I am fine, thank you. How can I help?",
+    "<human>: 你好，请介绍一下北京。\n<bot>: 北京是中国的首都，有很多名胜古迹。",
+    "<human>: Bonjour, comment ça va ?\n<bot>: Très bien, merci. Et vous ?",
+    "<human>: ¿Dónde está la biblioteca?\n<bot>: La biblioteca está al lado del parque.",
+    "<human>: مرحبا، كيف حالك؟\n<bot>: أنا بخير، شكرا لك.",
+    "<human>: नमस्ते, आप कैसे हैं?\n<bot>: मैं ठीक हूँ, धन्यवाद।",
+    "<human>: Xin chào, bạn khỏe không?\n<bot>: Tôi khỏe, cảm ơn bạn.",
+    "<human>: Olá, tudo bem?\n<bot>: Tudo ótimo, obrigado!",
+    "def add(a, b):\n    return a + b\n",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A byte-level BPE tokenizer (vocab ~600) with the BLOOMChat chat template, saved in HF layout."""
+    from bloomchat.models.tokenizer import save_tokenizer, train_bpe_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    tok = train_bpe_tokenizer(_TOKENIZER_TEXTS, vocab_size=600, min_frequency=1)
+    save_tokenizer(tok, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from bloomchat.models import load_tokenizer
+
+    return load_tokenizer(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def micro_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A randomly initialised 2-layer BLOOM (hidden 64) with the tiny tokenizer, in HF layout."""
+    from bloomchat.models import build_bloom, save_pretrained
+
+    out = tmp_path_factory.mktemp("micro_model")
+    model = build_bloom("micro", vocab_size=len(tiny_tokenizer), seed=0)
+    save_pretrained(model, tiny_tokenizer, out)
+    return out
