@@ -7,10 +7,12 @@ from bloomchat.models.tokenizer import (
     train_bpe_tokenizer,
 )
 from bloomchat.models.loading import load_model, load_tokenizer, save_pretrained
+from bloomchat.models.base import build_local_base
 
 __all__ = [
     "SIZE_PRESETS",
     "build_bloom",
+    "build_local_base",
     "ensure_chat_template",
     "load_model",
     "load_tokenizer",

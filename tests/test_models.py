@@ -1,0 +1,70 @@
+"""Tiny BLOOM models and tokenizers built here load with plain transformers and render the template."""
+
+import pytest
+import torch
+
+from bloomchat.errors import BloomchatError
+from bloomchat.models import build_bloom, load_model, load_tokenizer, save_pretrained, tokenizer_fingerprint
+from bloomchat.models.tokenizer import train_bpe_tokenizer
+
+
+def test_saved_model_loads_with_plain_transformers_and_generates(micro_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert (micro_model_dir / "model.safetensors").exists()
+    tok = AutoTokenizer.from_pretrained(micro_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(micro_model_dir)
+    assert model.config.model_type == "bloom"
+    prompt = tok.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<human>: 你好\n<bot>:"
+    ids = tok(prompt, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_byte_level_tokenizer_roundtrips_every_script(tiny_tokenizer):
+    for text in ["北京是中国的首都", "مرحبا بالعالم", "नमस्ते दुनिया", "Xin chào thế giới", "emoji 🙂 ok"]:
+        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tiny_tokenizer.unk_token_id not in ids
+        assert tiny_tokenizer.decode(ids) == text
+
+
+def test_special_token_ids_follow_bloom(tiny_tokenizer):
+    assert (tiny_tokenizer.unk_token_id, tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id,
+            tiny_tokenizer.pad_token_id) == (0, 1, 2, 3)
+
+
+def test_fingerprint_tells_tokenizers_apart(tiny_tokenizer):
+    other = train_bpe_tokenizer(["completely different corpus of text"] * 10, vocab_size=300, min_frequency=1)
+    assert tokenizer_fingerprint(tiny_tokenizer) == tokenizer_fingerprint(tiny_tokenizer)
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tiny_tokenizer)
+
+
+def test_presets_have_the_documented_shapes():
+    model = build_bloom("tiny", vocab_size=1000)
+    assert (model.config.hidden_size, model.config.n_layer, model.config.n_head) == (256, 4, 8)
+    with pytest.raises(BloomchatError, match="unknown model size preset"):
+        build_bloom("huge", vocab_size=1000)
+
+
+def test_same_seed_same_weights():
+    a, b = build_bloom("micro", 500, seed=3), build_bloom("micro", 500, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(BloomchatError, match="not found"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BloomchatError, match="no config.json"):
+        load_model(tmp_path / "empty")
+
+
+def test_load_roundtrip_keeps_weights(tmp_path, tiny_tokenizer):
+    model = build_bloom("micro", len(tiny_tokenizer), seed=1)
+    save_pretrained(model, tiny_tokenizer, tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    tok = load_tokenizer(tmp_path / "m")
+    assert tok.chat_template
+    for (k, v) in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
