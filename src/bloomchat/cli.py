@@ -21,6 +21,7 @@ from bloomchat.errors import BloomchatError
 #: Modules that define verbs, in pipeline order. A verb appears here only once it works.
 VERB_MODULES: list[str] = [
     "bloomchat.demo.cli",
+    "bloomchat.pack.cli",
 ]
 
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bloomchat {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for mod in VERB_MODULES:
+    for mod in dict.fromkeys(VERB_MODULES):  # each module once, in order
         importlib.import_module(mod).add_parser(sub)
     return parser
 

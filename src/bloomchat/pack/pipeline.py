@@ -1,0 +1,301 @@
+"""`pack()`: prepared JSONL -> tokenised, loss-masked, packed parquet shards + stats.json.
+
+    bloomchat pack prepared.jsonl --tokenizer bigscience/bloom-560m -o packed/ --packing bfd
+    python -c "from bloomchat.pack import pack; print(pack('prepared.jsonl', 'tok_dir', 'packed'))"
+
+Streaming end to end: lines are read in chunks, tokenised (in `num_proc` worker processes,
+at most 2 chunks each in flight), split train/dev by a hash of the record id, cut or dropped
+when overlong, packed and written in bounded row groups. Results are consumed in input order,
+so the shards are byte-for-byte the same for any `num_proc`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+from bloomchat.errors import BloomchatError
+from bloomchat.pack.encode import INVALID, NO_BOT_TURN, Encoded, Skipped, encode_lines, init_worker, worker_encode
+from bloomchat.pack.packers import PACKINGS, Piece, make_packer
+from bloomchat.pack.shards import ROW_GROUP_ROWS, SHARD_ROWS, SPLITS, ShardWriter
+from bloomchat.pack.stats import STATS_FILE, SplitStats, tokenizer_info
+
+OVERLONG = ("split", "drop")
+#: Options accepted through **options, with defaults.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    # bfd: conversations sorted together; 10,000 x ~176 tokens (Dolly+OASST1 mean) = 1.8M tokens
+    # = ~9 MB of int32 ids + int8 masks held at once
+    "window": 10_000,
+    "chunk_lines": 1_000,      # lines per tokenisation task: 1,000 x ~1.7 kB (Dolly line) = ~1.7 MB
+    "shard_rows": SHARD_ROWS,
+    "row_group_rows": ROW_GROUP_ROWS,
+    "skip_invalid": False,     # count and skip lines that are not prepared records instead of failing
+    "progress": True,          # tqdm bar over input bytes
+    "plot": True,              # OUTDIR/lengths.png
+}
+MAX_EXAMPLES = 10  # skipped lines listed by where in stats.json
+
+
+def resolve_inputs(inputs: str | Path | list) -> list[Path]:
+    """Files to read: each input is a prepared JSONL file, or a directory of *.jsonl files."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if not items:
+        raise BloomchatError("no input files given")
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(p.glob("*.jsonl"))
+            if not found:
+                raise BloomchatError("directory has no *.jsonl prepared files", where=str(p))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise BloomchatError("input file not found", where=str(p))
+    return files
+
+
+def _resolve_tokenizer(tokenizer):
+    from bloomchat.models import load_tokenizer
+
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
+    if not callable(tokenizer) or not hasattr(tokenizer, "get_vocab"):
+        raise BloomchatError(f"not a tokenizer: {type(tokenizer).__name__}")
+    if tokenizer.eos_token_id is None:
+        raise BloomchatError("tokenizer has no EOS token (needed after every reply)",
+                             where=str(getattr(tokenizer, "name_or_path", "tokenizer")))
+    return tokenizer
+
+
+def _chunks(files: list[Path], chunk_lines: int) -> Iterator[tuple[Path, str, list[tuple[int, bytes]], int]]:
+    """(file, label, [(line number, raw line)], bytes) chunks, reading each file once, lazily."""
+    for path in files:
+        label = path.name
+        buf: list[tuple[int, bytes]] = []
+        nbytes = 0
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                buf.append((lineno, raw))
+                nbytes += len(raw)
+                if len(buf) >= chunk_lines:
+                    yield path, label, buf, nbytes
+                    buf, nbytes = [], 0
+        if buf:
+            yield path, label, buf, nbytes
+
+
+def _encoded_chunks(files, tokenizer, num_proc: int, chunk_lines: int):
+    """(file, results, bytes) in input order, tokenised in-process or by a bounded worker pool."""
+    chunks = _chunks(files, chunk_lines)
+    if num_proc <= 1:
+        for path, label, lines, nbytes in chunks:
+            yield path, encode_lines(lines, label, tokenizer), nbytes
+        return
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fork after Rust threads: keep quiet
+    with ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=init_worker, initargs=(tokenizer,)) as ex:
+        inflight: deque = deque()
+        for path, label, lines, nbytes in chunks:
+            inflight.append((path, ex.submit(worker_encode, lines, label), nbytes))
+            if len(inflight) >= 2 * num_proc:
+                p, fut, n = inflight.popleft()
+                yield p, fut.result(), n
+        while inflight:
+            p, fut, n = inflight.popleft()
+            yield p, fut.result(), n
+
+
+def dev_side(key: str, seed: int, dev_ratio: float) -> bool:
+    """True when the record with this id goes to dev: a hash, so the same for any chunking."""
+    if dev_ratio <= 0:
+        return False
+    h = hashlib.blake2b(f"{seed}\0{key}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64 < dev_ratio
+
+
+def split_overlong(enc: Encoded, max_seq_length: int) -> list[Piece]:
+    """Cut a conversation into consecutive pieces of at most max_seq_length tokens."""
+    n = len(enc.input_ids)
+    return [Piece(enc.input_ids[s:s + max_seq_length], enc.loss_mask[s:s + max_seq_length])
+            for s in range(0, n, max_seq_length)]
+
+
+def _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, options) -> dict[str, Any]:
+    if not isinstance(max_seq_length, int) or max_seq_length < 2:
+        raise BloomchatError(f"max_seq_length must be an integer >= 2, not {max_seq_length!r}")
+    if packing not in PACKINGS:
+        raise BloomchatError(f"unknown packing {packing!r}; choose one of {', '.join(PACKINGS)}")
+    if not (0.0 <= float(dev_ratio) < 1.0):
+        raise BloomchatError(f"dev_ratio must be in [0, 1), not {dev_ratio!r}")
+    if not isinstance(num_proc, int) or num_proc < 1:
+        raise BloomchatError(f"num_proc must be a positive integer, not {num_proc!r}")
+    if overlong not in OVERLONG:
+        raise BloomchatError(f"overlong must be one of {', '.join(OVERLONG)}, not {overlong!r}")
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise BloomchatError(f"unknown pack option(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(DEFAULT_OPTIONS)}")
+    opts = {**DEFAULT_OPTIONS, **options}
+    for k in ("window", "chunk_lines", "shard_rows", "row_group_rows"):
+        if not isinstance(opts[k], int) or opts[k] < 1:
+            raise BloomchatError(f"option {k} must be a positive integer, not {opts[k]!r}")
+    return opts
+
+
+def _clear_out_dir(out_dir: Path) -> None:
+    """Remove what an earlier pack left (stats.json first, so a half-written dir is never valid)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BloomchatError("output path exists and is not a directory", where=str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / STATS_FILE).unlink(missing_ok=True)
+    for split in SPLITS:
+        for old in (out_dir / split).glob("*.parquet"):
+            old.unlink()
+
+
+def pack(inputs: str | Path | list, tokenizer, out_dir: str | Path, *, max_seq_length: int = 2048,
+         packing: str = "greedy", dev_ratio: float = 0.0, num_proc: int = 1, seed: int = 0,
+         overlong: str = "split", **options) -> dict:
+    """Tokenise and pack prepared files into OUTDIR/{train,dev}/*.parquet; returns stats.json's dict.
+
+    tokenizer: HF tokenizer name/dir or object. packing: greedy | full | single | bfd.
+    overlong: split (cut into max_seq_length pieces) | drop. options: see DEFAULT_OPTIONS.
+    """
+    from tqdm.auto import tqdm
+
+    opts = _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, options)
+    files = resolve_inputs(inputs)
+    tok = _resolve_tokenizer(tokenizer)
+    out = Path(out_dir)
+    _clear_out_dir(out)
+    t0 = time.perf_counter()
+
+    packers = {s: make_packer(packing, max_seq_length, seed=seed + i, window=opts["window"])
+               for i, s in enumerate(SPLITS)}
+    writers = {s: ShardWriter(out, s, shard_rows=opts["shard_rows"], row_group_rows=opts["row_group_rows"])
+               for s in SPLITS}
+    stats = {s: SplitStats(max_seq_length) for s in SPLITS}
+    dropped: Counter = Counter()
+    examples: list[dict[str, Any]] = []
+    lines_read = 0
+    overlong_convs = overlong_pieces = trailing_removed = 0
+
+    def emit(split, rows):
+        for row in rows:
+            stats[split].add_row(row)
+            writers[split].write(row)
+
+    total_bytes = sum(f.stat().st_size for f in files)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pack", disable=not opts["progress"])
+    try:
+        for path, results, nbytes in _encoded_chunks(files, tok, num_proc, opts["chunk_lines"]):
+            for r in results:
+                lines_read += 1
+                if isinstance(r, Skipped):
+                    where = f"{path}:{r.lineno}"
+                    if r.reason == INVALID and not opts["skip_invalid"]:
+                        raise BloomchatError(
+                            f"{r.message}; a prepared file has one JSON conversation a line with 'turns' "
+                            "(run `bloomchat prepare`), or pass --skip-invalid to count and skip such lines",
+                            where=where)
+                    dropped[r.reason] += 1
+                    if len(examples) < MAX_EXAMPLES:
+                        examples.append({"where": where, "reason": r.reason, "message": r.message})
+                    continue
+                if r.trailing_prompt_tokens:
+                    trailing_removed += 1
+                split = "dev" if dev_side(r.key, seed, dev_ratio) else "train"
+                n = len(r.input_ids)
+                if n > max_seq_length:
+                    overlong_convs += 1
+                    if overlong == "drop":
+                        dropped["overlong"] += 1
+                        continue
+                    pieces = split_overlong(r, max_seq_length)
+                    kept = [p for p in pieces if p.loss_mask.any()]
+                    dropped["pieces_without_loss"] += len(pieces) - len(kept)
+                    overlong_pieces += len(kept)
+                else:
+                    kept = [Piece(r.input_ids, r.loss_mask)]
+                stats[split].add_conversation(n, r.source, r.lang)
+                for piece in kept:
+                    stats[split].add_piece(len(piece))
+                    emit(split, packers[split].add(piece))
+            bar.update(nbytes)
+        for s in SPLITS:
+            emit(s, packers[s].flush())
+    finally:
+        bar.close()
+        shards = {s: writers[s].close() for s in SPLITS}
+
+    if stats["train"].sequences == 0:
+        raise BloomchatError(
+            f"nothing to train on: {lines_read} records read, skipped {dict(dropped) or 'none'}",
+            where=", ".join(str(f) for f in files))
+    elapsed = time.perf_counter() - t0
+    result = _stats_dict(stats, dropped, examples, tok, files, shards, out, lines_read=lines_read,
+                         max_seq_length=max_seq_length, packing=packing, dev_ratio=dev_ratio, seed=seed,
+                         overlong=overlong, overlong_convs=overlong_convs, overlong_pieces=overlong_pieces,
+                         trailing_removed=trailing_removed, window=opts["window"], elapsed=elapsed)
+    tmp = out / (STATS_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out / STATS_FILE)
+    if opts["plot"]:
+        from bloomchat.pack.plot import plot_lengths
+
+        plot_lengths(result, out / "lengths.png")
+    return result
+
+
+def _stats_dict(stats, dropped, examples, tok, files, shards, out, *, lines_read, max_seq_length, packing,
+                dev_ratio, seed, overlong, overlong_convs, overlong_pieces, trailing_removed, window,
+                elapsed) -> dict[str, Any]:
+    from bloomchat import __version__
+
+    tr, dv = stats["train"], stats["dev"]
+    sequences = tr.sequences + dv.sequences
+    tokens = tr.tokens + dv.tokens
+    n_dropped = dropped[NO_BOT_TURN] + dropped[INVALID] + dropped["overlong"]
+    return {
+        "format_version": 1,
+        "created_by": f"bloomchat {__version__}",
+        "sequences": sequences,
+        "conversations": tr.conversations + dv.conversations,
+        "tokens": tokens,
+        "loss_tokens": tr.loss_tokens + dv.loss_tokens,
+        "padding_fraction": round(1.0 - tokens / (sequences * max_seq_length), 6) if sequences else 0.0,
+        "dropped": n_dropped,  # records not trained on at all
+        "dropped_by_reason": {
+            NO_BOT_TURN: dropped[NO_BOT_TURN],  # no reply: no loss token
+            INVALID: dropped[INVALID],  # only with skip_invalid
+            "overlong": dropped["overlong"],  # only with overlong="drop"
+            "pieces_without_loss": dropped["pieces_without_loss"],  # prompt-only parts of split ones
+        },
+        "skipped_examples": examples,
+        "records_read": lines_read,
+        "overlong": {"action": overlong, "conversations": overlong_convs, "pieces_kept": overlong_pieces},
+        "trailing_prompt_turns_removed": trailing_removed,
+        "split": {"dev_ratio": dev_ratio, "train": tr.to_dict(), "dev": dv.to_dict()},
+        "max_seq_length": max_seq_length,
+        "packing": packing,
+        "window": window if packing == "bfd" else None,
+        "seed": seed,
+        "tokenizer": tokenizer_info(tok),
+        "inputs": [str(f) for f in files],
+        "shards": {s: [str(p.relative_to(out)) for p in shards[s]] for s in SPLITS},
+        "columns": {"input_ids": "list<int32>", "loss_mask": "list<int8>", "segment_ids": "list<int16>"},
+        "timing": {"seconds": round(elapsed, 3), "tokens_per_s": round(tokens / elapsed) if elapsed else None},
+    }
+
+
+__all__ = ["pack", "resolve_inputs", "dev_side", "split_overlong"]
