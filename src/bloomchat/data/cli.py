@@ -1,0 +1,165 @@
+"""`bloomchat prepare` and `bloomchat data-report`.
+
+    bloomchat prepare --oig unified_chip2.jsonl unified_basic.jsonl -o stage1.jsonl          # BLOOMChat stage 1
+    bloomchat prepare --oasst1 oasst1.messages.jsonl --dolly databricks-dolly-15k.jsonl -o stage2.jsonl
+    bloomchat prepare --jsonl chats.jsonl sharegpt.json --keep-lang zh en --balance-langs -o mine.jsonl
+    bloomchat prepare --recipe recipes/bloomchat-176b.yaml --stage stage2-oasst1-dolly \
+        --set oasst1=oasst1.messages.jsonl --set dolly=dolly.jsonl -o stage2.jsonl          # a recipe stage's sources
+    bloomchat prepare --dolly dolly.jsonl --no-filters -o exact.jsonl                         # BLOOMChat-exact texts
+    bloomchat data-report stage2.jsonl -o stage2-report/
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bloomchat.errors import BloomchatError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="raw OIG / Dolly / OASST1 / own data -> prepared training JSONL (BLOOMChat rules)",
+        description="Turn raw conversation data into one prepared JSONL (BLOOMChat {prompt, completion} plus "
+        "turns, source, lang, id), a summary JSON and a rejects JSONL next to it.",
+    )
+    src = p.add_argument_group("inputs (.jsonl, .jsonl.gz, .json, .parquet)")
+    src.add_argument("--oig", nargs="+", type=Path, default=[], metavar="FILE", help="OIG unified_*.jsonl[.gz] files")
+    src.add_argument("--dolly", nargs="+", type=Path, default=[], metavar="FILE", help="Dolly-15k file(s)")
+    src.add_argument("--oasst1", nargs="+", type=Path, default=[], metavar="FILE",
+                     help="OASST1 message-level or tree export")
+    src.add_argument("--jsonl", nargs="+", type=Path, default=[], metavar="FILE",
+                     help="own data: OpenAI messages, ShareGPT conversations, prompt/completion, Alpaca, text")
+    src.add_argument("--recipe", type=Path, help="take the sources, per-source and options from a recipe stage")
+    src.add_argument("--stage", help="the recipe stage (default: the first one with raw sources)")
+    src.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="fill a ${NAME} placeholder of the recipe (as in bloomchat train)")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT.jsonl", help="prepared output file")
+    p.add_argument("--rejects", type=Path, help="rejected lines (default OUT-stem.rejects.jsonl)")
+    p.add_argument("--seed", type=int, default=None, help="shuffle / sampling seed (default 42 or the recipe's)")
+    p.add_argument("--per-source", type=int, default=None, metavar="N",
+                   help="OIG: first N items of each file, skipped ones included (default 100000)")
+    p.add_argument("--basic-repeat", type=int, default=None, metavar="N",
+                   help="OIG unified_basic: extra copies of each item (default 1000, i.e. 1001 in all)")
+    p.add_argument("--normalize-tags", action="store_true", default=None,
+                   help="OIG: write 'Rosey:' bot tags as '<bot>:' in the completion text")
+    p.add_argument("--no-shuffle", dest="shuffle", action="store_false", default=None,
+                   help="keep input order (default: shuffle everything with the seed, as BLOOMChat did)")
+    f = p.add_argument_group("filters (all on by default; each counted by reason in the summary)")
+    f.add_argument("--no-filters", dest="filters", action="store_false", default=None,
+                   help="every filter off: exactly BLOOMChat's texts")
+    f.add_argument("--no-dedup", dest="dedup", action="store_false", default=None,
+                   help="keep exact duplicate conversations")
+    f.add_argument("--keep-empty-turns", dest="empty_turns", action="store_false", default=None,
+                   help="keep conversations with an empty or whitespace-only turn")
+    f.add_argument("--max-turn-chars", type=int, default=None, metavar="N",
+                   help="drop conversations with a longer turn (default 8192; 0 = no limit)")
+    f.add_argument("--allow-non-alternating", dest="alternation", action="store_false", default=None,
+                   help="keep conversations whose turns do not alternate human/bot from a human turn")
+    f.add_argument("--allow-human-last", dest="bot_last", action="store_false", default=None,
+                   help="keep conversations that do not end with a bot turn")
+    lg = p.add_argument_group("languages")
+    lg.add_argument("--keep-lang", nargs="+", dest="keep_langs", metavar="CODE", help="keep only these languages")
+    lg.add_argument("--drop-lang", nargs="+", dest="drop_langs", metavar="CODE", help="drop these languages")
+    lg.add_argument("--max-per-lang", type=int, metavar="N", help="at most N conversations per language")
+    lg.add_argument("--balance-langs", action="store_true", default=None,
+                    help="cap every language at the count of the smallest one")
+    lg.add_argument("--lang-candidates", nargs="+", metavar="CODE",
+                    help="languages the detector may answer ('all': its 140; default: 93 common ones, see bloomchat.data.langid)")
+    lg.add_argument("--no-langid", dest="detect_lang", action="store_false", default=None,
+                    help="do not detect languages (lang stays null unless the data has one)")
+    p.add_argument("--num-proc", type=int, default=None, metavar="N",
+                   help="processes for language detection, the slow step (default 1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_prepare)
+
+    r = subparsers.add_parser(
+        "data-report",
+        help="charts + JSON about a prepared file: sources, languages, lengths, turns, filters",
+        description="Read a prepared JSONL (and its summary JSON when next to it) and write report.json, "
+        "PNG charts and report.html.",
+    )
+    r.add_argument("file", type=Path, metavar="FILE", help="prepared JSONL")
+    r.add_argument("-o", "--out", type=Path, default=None, metavar="DIR", help="output folder (default FILE-stem.report/)")
+    r.set_defaults(func=run_report)
+
+
+_OPTION_FLAGS = ("filters", "dedup", "empty_turns", "alternation", "bot_last", "normalize_tags", "shuffle",
+                 "keep_langs", "drop_langs", "max_per_lang", "balance_langs", "detect_lang", "basic_repeat", "num_proc")
+
+
+def _candidates(v):
+    return v[0] if v and len(v) == 1 and v[0] in ("all", "default") else v
+
+
+def _recipe_sources(args) -> dict:
+    from bloomchat.train.recipe import load_recipe
+
+    vars_ = {}
+    for item in args.set:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise BloomchatError(f"--set expects NAME=VALUE, got {item!r}")
+        vars_[name.strip()] = value
+    recipe = load_recipe(args.recipe, vars=vars_)
+    stages = [s for s in recipe.stages if s.data.is_raw]
+    if args.stage is not None:
+        stages = [s for s in recipe.stages if s.name == args.stage]
+        if not stages:
+            raise BloomchatError(f"no stage named {args.stage!r} (stages: {', '.join(s.name for s in recipe.stages)})",
+                                 where=str(args.recipe))
+        if not stages[0].data.is_raw:
+            raise BloomchatError(f"stage {args.stage!r} uses packed shards, not raw sources", where=str(args.recipe))
+    if not stages:
+        raise BloomchatError("no stage with raw sources (oig/dolly/oasst1/jsonl)", where=str(args.recipe))
+    d = stages[0].data
+    return {"oig": d.oig, "dolly": d.dolly, "oasst1": d.oasst1, "jsonl": d.jsonl, "seed": recipe.seed,
+            "per_source": d.per_source, **d.prepare}
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from bloomchat.data.prepare import prepare
+
+    kw: dict = {}
+    if args.recipe is not None:
+        kw = _recipe_sources(args)
+    elif args.stage is not None or args.set:
+        raise BloomchatError("--stage and --set need --recipe")
+    for k in ("oig", "dolly", "oasst1", "jsonl"):
+        if getattr(args, k):
+            kw[k] = list(kw.get(k, [])) + getattr(args, k)
+    for k in ("seed", "per_source"):
+        if getattr(args, k) is not None:
+            kw[k] = getattr(args, k)
+    for k in _OPTION_FLAGS:
+        if getattr(args, k) is not None:
+            kw[k] = getattr(args, k)
+    if args.lang_candidates is not None:
+        kw["lang_candidates"] = _candidates(args.lang_candidates)
+    if args.max_turn_chars is not None:
+        kw["max_turn_chars"] = args.max_turn_chars or None
+    kw["progress"] = not args.quiet
+    s = prepare(out=args.out, rejects=args.rejects, **kw)
+    ok = "balanced" if s["balanced"] else "NOT BALANCED (a bug: please report)"
+    print(
+        f"wrote {s['conversations']} conversations ({s['unique_conversations']} unique) to {s['out']}\n"
+        f"  languages: {_top(s['by_lang'])}\n"
+        f"  filtered: {_top(s['filtered_conversations']) or 'none'}; rejected lines: {s['rejects_written']} -> {s['rejects']}\n"
+        f"  accounting (lines read = kept + filtered + rejected, per file): {ok}; summary: {s['summary']}"
+    )
+    return 0 if s["balanced"] else 1
+
+
+def _top(counts: dict, n: int = 8) -> str:
+    items = list(counts.items())
+    txt = ", ".join(f"{k} {v}" for k, v in items[:n])
+    return txt + (f", +{len(items) - n} more" if len(items) > n else "")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from bloomchat.data.report import data_report
+
+    rep = data_report(args.file, args.out)
+    print(f"wrote {rep['html']} ({len(rep['charts'])} charts, {rep['json']})")
+    return 0
