@@ -1,0 +1,269 @@
+"""`bloomchat eval`: measure a model per language; `eval compare`: runs side by side.
+
+    bloomchat eval out/stage2 --task translation --data ../shared/data/flores101 --directions en-zh,zh-en --limit 200 -o runs/stage2
+    bloomchat eval out/stage2 --task mc --data ../shared/data/xwinograd/xwinograd.tsv -o runs/stage2
+    bloomchat eval out/stage2 --task chat --data ../shared/data/eval_prompts_vicuna80_12lang --guards both -o runs/stage2
+    bloomchat eval my-model --backend openai --base-url http://127.0.0.1:8000/v1 --task chat --data ../shared/data/belle_eval_set_zh -o runs/served
+    bloomchat eval out/stage2 --spec tasks.yaml -o runs/stage2
+    bloomchat eval compare runs/base runs/stage1 runs/stage2 -o runs/compare
+    bloomchat eval convert ../shared/data/xwinograd/xwinograd.tsv --format xwinograd -o xwinograd.jsonl
+
+A run dir holds one model; further `bloomchat eval` calls into it add tasks. A killed run
+resumes where it stopped when started again with the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from bloomchat.errors import BloomchatError
+
+TASK_KEYS = {
+    "task", "data", "format", "name", "limit", "directions", "split", "shots", "prompt", "bleu_tokenize",
+    "first_line", "langs", "lang", "norm", "guards", "greedy", "temperature", "top_p", "repetition_penalty",
+    "seed", "max_new_tokens", "degenerate_threshold",
+}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="measure a model per language: translation, multiple choice, chat behaviour",
+        description="bloomchat eval MODEL --task translation|mc|chat --data PATH -o RUNDIR\n"
+                    "bloomchat eval compare RUN [RUN ...] [-o DIR]\n"
+                    "bloomchat eval convert FILE --format xnli|xwinograd|xstorycloze|pawsx -o OUT.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL|compare|convert",
+                   help="model dir or hub name (for --backend openai: the served model's name); "
+                        "or 'compare' / 'convert' followed by their inputs")
+    p.add_argument("inputs", nargs="*", metavar="RUN", help="run dirs for compare; the input file for convert")
+    p.add_argument("-o", "--out", help="run dir (eval), output dir (compare) or output .jsonl (convert)")
+    t = p.add_argument_group("task (or several in a --spec YAML file: a list of mappings with these keys)")
+    t.add_argument("--task", choices=["translation", "mc", "chat"])
+    t.add_argument("--data", help="file or folder of the evaluation set")
+    t.add_argument("--format", default="auto",
+                   help="translation: flores|wmt|jsonl; mc: jsonl|xnli|xwinograd|xstorycloze|pawsx; "
+                        "chat: jsonl|oasst60 (default: detected)")
+    t.add_argument("--name", help="task name in the run dir (default from the task and data)")
+    t.add_argument("--limit", type=int, help="first N examples per direction / language")
+    t.add_argument("--spec", help="YAML file with a list of tasks (keys as the flags, with _ for -)")
+    tr = p.add_argument_group("translation")
+    tr.add_argument("--directions", help="e.g. en-zh,zh-en (default: en <-> every other language)")
+    tr.add_argument("--split", help="FLORES split when a folder holds several (dev, devtest)")
+    tr.add_argument("--shots", type=int, default=0, help="few-shot pairs (taken from the start of the set)")
+    tr.add_argument("--prompt", help="user turn template with {src_name} {tgt_name} {src_lang} {tgt_lang} {text}")
+    tr.add_argument("--all-lines", dest="first_line", action="store_false", default=None,
+                    help="score the whole reply, not just its first line")
+    tr.add_argument("--bleu-tokenize", help="sacrebleu tokenizer for every direction (default: zh / char / 13a)")
+    mc = p.add_argument_group("multiple choice and chat")
+    mc.add_argument("--langs", help="only these languages, e.g. en,zh")
+    mc.add_argument("--lang", help="language of files whose rows and file name do not say")
+    mc.add_argument("--norm", default="sum", choices=["sum", "mean", "char", "byte"],
+                    help="primary normalisation of option log-likelihoods (all four are reported)")
+    mc.add_argument("--guards", choices=["off", "on", "both"],
+                    help="chat through bloomchat.infer's engine without / with its guards, or both "
+                         "(default: plain transformers generate)")
+    g = p.add_argument_group("generation")
+    g.add_argument("--greedy", action="store_true", help="chat: greedy instead of BLOOMChat's sampling")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--max-new-tokens", type=int)
+    b = p.add_argument_group("backend and run")
+    b.add_argument("--backend", default="hf", choices=["hf", "openai"])
+    b.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    b.add_argument("--api-key", help="API key for --backend openai (default: $OPENAI_API_KEY)")
+    b.add_argument("--concurrency", type=int, default=8, help="parallel requests with --backend openai")
+    b.add_argument("--dtype", default="auto", help="float32, bf16, fp16; auto: bf16 on a GPU, float32 on CPU")
+    b.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    b.add_argument("--batch-size", type=int, default=8, help="examples per batch (mc: all their options in one pass)")
+    b.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0: none)")
+    b.add_argument("--overwrite", action="store_true", help="start the named tasks again instead of resuming")
+    b.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _task_opts(args) -> dict:
+    keys = TASK_KEYS - {"greedy"}
+    opts = {k: getattr(args, k) for k in keys if getattr(args, k, None) not in (None, "")}
+    if args.greedy:
+        opts["greedy"] = True
+    if opts.get("format") == "auto":
+        opts.pop("format")
+    if not opts.get("shots"):
+        opts.pop("shots", None)
+    if opts.get("norm") == "sum":
+        opts.pop("norm")
+    return opts
+
+
+def _gen_params(opts: dict, default, where: str):
+    from dataclasses import replace
+
+    from bloomchat.eval.backends import GenParams
+
+    p = default
+    if opts.get("greedy"):
+        p = replace(p, temperature=0.0, top_p=1.0)
+    for k in ("temperature", "top_p", "repetition_penalty", "seed", "max_new_tokens"):
+        if opts.get(k) is not None:
+            p = replace(p, **{k: opts[k]})
+    if p.max_new_tokens < 1:
+        raise BloomchatError("max_new_tokens must be at least 1", where=where)
+    if p.temperature < 0 or not 0 < p.top_p <= 1 or p.repetition_penalty <= 0:
+        raise BloomchatError("need temperature >= 0, 0 < top_p <= 1, repetition_penalty > 0", where=where)
+    assert isinstance(p, GenParams)
+    return p
+
+
+def make_tasks(opts: dict, where: str = "command line") -> list:
+    """Task objects from one task's options (flags or one entry of a --spec file)."""
+    from bloomchat.eval.backends import BLOOMCHAT_SAMPLING, GenParams
+    from bloomchat.eval.langs import normalize_lang, parse_lang_list
+
+    unknown = set(opts) - TASK_KEYS
+    if unknown:
+        raise BloomchatError(f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(TASK_KEYS))}",
+                             where=where)
+    kind, data = opts.get("task"), opts.get("data")
+    if kind not in ("translation", "mc", "chat"):
+        raise BloomchatError("task must be translation, mc or chat (--task)", where=where)
+    if not data:
+        raise BloomchatError("no evaluation data (--data PATH)", where=where)
+    if opts.get("limit") is not None and opts["limit"] < 1:
+        raise BloomchatError("limit must be at least 1", where=where)
+    common = {"data": str(data), "format": opts.get("format", "auto"), "limit": opts.get("limit"),
+              "name": opts.get("name") or ""}
+    if kind == "translation":
+        from bloomchat.eval.translation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, TranslationTask, parse_directions
+
+        for k in ("langs", "norm", "guards"):
+            if k in opts:
+                raise BloomchatError(f"{k} does not apply to translation", where=where)
+        params = _gen_params(opts, GenParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS), where)
+        return [TranslationTask(directions=parse_directions(opts.get("directions"), f"{where} directions"),
+                                split=opts.get("split"), shots=int(opts.get("shots") or 0),
+                                prompt=opts.get("prompt") or DEFAULT_PROMPT, params=params,
+                                first_line=opts.get("first_line", True), bleu_tokenize=opts.get("bleu_tokenize"),
+                                **common)]
+    langs = parse_lang_list(opts.get("langs"), f"{where} langs")
+    lang = normalize_lang(opts["lang"], f"{where} lang") if opts.get("lang") else None
+    if kind == "mc":
+        from bloomchat.eval.mc import MCTask
+
+        for k in ("directions", "guards", "shots"):
+            if k in opts:
+                raise BloomchatError(f"{k} does not apply to multiple choice", where=where)
+        return [MCTask(langs=langs, lang=lang, norm=opts.get("norm", "sum"), **common)]
+    from bloomchat.eval.chat import DEGENERATE_THRESHOLD, ChatTask
+
+    params = _gen_params(opts, BLOOMCHAT_SAMPLING, where)
+    guards = opts.get("guards")
+    arms = ["off", "on"] if guards == "both" else [guards]
+    tasks = []
+    for arm in arms:
+        c = dict(common)
+        if c["name"] and arm:
+            c["name"] = f"{c['name']}.guards-{arm}"
+        tasks.append(ChatTask(langs=langs, lang=lang, params=params, guards=arm,
+                              degenerate_threshold=float(opts.get("degenerate_threshold", DEGENERATE_THRESHOLD)), **c))
+    return tasks
+
+
+def _spec_tasks(path: str) -> list:
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise BloomchatError("spec file not found", where=str(p))
+    try:
+        spec = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise BloomchatError(f"invalid YAML: {getattr(e, 'problem', e)}",
+                             where=f"{p}:{mark.line + 1}" if mark else str(p)) from None
+    if isinstance(spec, dict) and "tasks" in spec:
+        spec = spec["tasks"]
+    if not isinstance(spec, list) or not spec:
+        raise BloomchatError("a spec is a non-empty list of tasks (or a mapping with 'tasks:')", where=str(p))
+    tasks = []
+    for i, entry in enumerate(spec):
+        if not isinstance(entry, dict):
+            raise BloomchatError("each task is a mapping (task: ..., data: ...)", where=f"{p} tasks[{i}]")
+        entry = {k.replace("-", "_"): v for k, v in entry.items()}
+        if entry.get("data") and not Path(str(entry["data"])).is_absolute():
+            # relative data paths are relative to the spec file, so a spec travels with its repo
+            cand = p.parent / str(entry["data"])
+            if cand.exists():
+                entry["data"] = str(cand)
+        tasks.extend(make_tasks(entry, where=f"{p} tasks[{i}]"))
+    return tasks
+
+
+def run(args) -> int:
+    if args.model == "compare":
+        return _compare(args)
+    if args.model == "convert":
+        return _convert(args)
+    from bloomchat.eval.backends import make_backend
+    from bloomchat.eval.report import markdown
+    from bloomchat.eval.runner import run_eval
+
+    if args.inputs:
+        raise BloomchatError(f"unexpected argument(s) {' '.join(args.inputs)} (one MODEL per run)")
+    if not args.out:
+        raise BloomchatError("no run dir: pass -o RUNDIR")
+    if args.spec:
+        if args.task:
+            raise BloomchatError("give either --spec or --task, not both")
+        tasks = _spec_tasks(args.spec)
+    else:
+        if not args.task:
+            raise BloomchatError("no task: pass --task translation|mc|chat --data PATH, or --spec FILE")
+        tasks = make_tasks(_task_opts(args), where="command line")
+    backend = make_backend(args.model, backend=args.backend, dtype=args.dtype, device=args.device,
+                           base_url=args.base_url, api_key=args.api_key, concurrency=args.concurrency)
+    if args.bootstrap < 0:
+        raise BloomchatError("--bootstrap must be >= 0")
+    if args.backend == "openai" and any(t.kind == "mc" for t in tasks):
+        backend.loglik([])  # raises: an endpoint cannot score options
+    for t in tasks:  # load and check every set before any model time is spent
+        t.examples()
+    results = run_eval(tasks, backend, args.out, batch_size=args.batch_size, overwrite=args.overwrite,
+                       bootstrap=args.bootstrap, progress=not args.no_progress,
+                       command="bloomchat eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+    md = markdown({**results, "tasks": {t.name: results["tasks"][t.name] for t in tasks}})
+    print(md)
+    print(f"wrote {Path(args.out) / 'results.json'}, results.md and charts/")
+    return 0
+
+
+def _compare(args) -> int:
+    from bloomchat.eval.compare import compare_runs
+
+    if len(args.inputs) < 1:
+        raise BloomchatError("compare needs at least one run dir: bloomchat eval compare RUN [RUN ...]")
+    out = compare_runs(args.inputs, args.out, bootstrap=args.bootstrap)
+    print(out["markdown"])
+    if args.out:
+        print(f"wrote {Path(args.out) / 'compare.json'}, compare.md and compare charts")
+    return 0
+
+
+def _convert(args) -> int:
+    from bloomchat.eval.langs import normalize_lang
+    from bloomchat.eval.mc import load_mc, write_mc_jsonl
+
+    if len(args.inputs) != 1 or not args.out:
+        raise BloomchatError("usage: bloomchat eval convert FILE --format xnli|xwinograd|xstorycloze|pawsx -o OUT.jsonl")
+    lang = normalize_lang(args.lang, "--lang") if args.lang else None
+    items = load_mc(args.inputs[0], args.format, lang)
+    if not items:
+        raise BloomchatError("no examples", where=args.inputs[0])
+    out = write_mc_jsonl(items, args.out)
+    langs = sorted({it["lang"] for it in items})
+    print(f"wrote {len(items)} examples ({', '.join(langs)}) to {out}")
+    return 0
