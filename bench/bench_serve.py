@@ -1,0 +1,346 @@
+"""Serving throughput and latency: bloomchat's batching server vs one-generate-per-request, and int8.
+
+    python bench/bench_serve.py                               # tiny and small-50m, random init, CPU
+    python bench/bench_serve.py --presets tiny --tokens 32    # quicker
+    python bench/bench_serve.py --model out/stage2            # a trained model instead of random ones
+    python bench/bench_serve.py --skip-int8 --device cuda     # on a GPU
+
+For 1, 4, 8 and 16 concurrent streaming clients (each sends one chat request at the same moment,
+over real HTTP to uvicorn on 127.0.0.1) it measures total completion tokens/s and mean time to
+first token (TTFT), for
+  - bloomchat: `create_app` over the continuous-batching engine, and
+  - baseline: a FastAPI server whose handler calls transformers' `generate` (with a
+    TextIteratorStreamer) for one request at a time, in arrival order.
+The baseline streams each token as soon as generate makes it (a small streamer; transformers'
+TextIteratorStreamer would wait for a space). Clients run in a separate process, so their
+Python does not compete for the server's GIL. Both sample with BLOOMChat's settings (T 0.8, top_p 0.9, repetition penalty 1.2) and generate
+exactly --tokens tokens (EOS and stop texts are disabled so both do the same work).
+Goals from the issue: >= 4x the baseline's tokens/s at 8 clients; TTFT at 8 clients <= 1.5x the
+single-client TTFT.
+
+int8: tokens/s of fp32 vs dynamic int8 (one stream and a batch of 8), and the quality change:
+mean KL(fp32 || int8) of next-token distributions, top-1 agreement and perplexity, on Dolly
+responses (../shared/data) or built-in sentences when that data is absent.
+
+Writes runs/bench_serve/results.json and results.png (or --out DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402  (module level: FastAPI resolves annotations here)
+from fastapi.responses import StreamingResponse  # noqa: E402
+
+from bloomchat.infer import ChatModel, GenerationParams  # noqa: E402
+from bloomchat.infer.server import BackgroundServer, create_app  # noqa: E402
+
+DOLLY = REPO.parent / "shared" / "data" / "dolly15k" / "databricks-dolly-15k.from-docx.jsonl"
+FALLBACK_TEXTS = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "北京是中国的首都，有很多名胜古迹和博物馆。",
+    "Le musée du Louvre est le plus grand musée d'art du monde.",
+    "La biblioteca está al lado del parque, cerca de la estación.",
+    "Xin chào, hôm nay trời rất đẹp và chúng tôi đi dạo.",
+] * 40
+QUESTIONS = ["What is the capital of France?", "请介绍一下北京。", "Écris un poème sur la mer.",
+             "¿Cómo se hace una tortilla?", "Explain recursion to a child.", "Tell me about ALiBi."]
+
+
+def corpus(n: int = 2000) -> list[str]:
+    if not DOLLY.exists():
+        return FALLBACK_TEXTS
+    out = []
+    with DOLLY.open(encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            out.append(f"<human>: {rec['instruction']}\n<bot>: {rec['response']}")
+            if len(out) >= n:
+                break
+    return out
+
+
+def build(preset: str, texts: list[str], device: str):
+    from bloomchat.models import build_bloom, train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(texts, vocab_size=16000)  # the presets' parameter counts assume 16k
+    model = build_bloom(preset, vocab_size=len(tok)).to(device).eval()
+    return model, tok
+
+
+class _TokenStreamer:
+    """Streams every new token's text at once (transformers' TextIteratorStreamer waits for a
+    space, which would make the baseline's time to first token look worse than it is)."""
+
+    def __init__(self, tokenizer):
+        import queue
+
+        self.tok, self.q, self.ids, self.sent, self.skip = tokenizer, queue.Queue(), [], 0, True
+
+    def put(self, value):
+        if self.skip:  # generate first hands over the prompt
+            self.skip = False
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if len(text) > self.sent and not text.endswith("\ufffd"):
+            self.q.put(text[self.sent:])
+            self.sent = len(text)
+
+    def end(self):
+        self.q.put(None)
+
+    def __iter__(self):
+        while (piece := self.q.get()) is not None:
+            yield piece
+
+
+def make_baseline_app(model, tokenizer, name: str):
+    """One request at a time, each a full `model.generate` call, streamed token by token."""
+    app = FastAPI()
+    lock = threading.Lock()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        prompt = tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        streamer = _TokenStreamer(tokenizer)
+        n = body["max_tokens"]
+
+        def work():
+            with lock:  # the baseline serves requests one after another
+                model.generate(**ids, streamer=streamer, do_sample=True, temperature=0.8, top_p=0.9,
+                               repetition_penalty=1.2, max_new_tokens=n, min_new_tokens=n,
+                               pad_token_id=tokenizer.pad_token_id)
+
+        threading.Thread(target=work, daemon=True).start()
+
+        async def gen():
+            it = iter(streamer)
+            while True:
+                piece = await asyncio.to_thread(next, it, None)
+                if piece is None:
+                    break
+                yield "data: " + json.dumps({"choices": [{"delta": {"content": piece}}]}) + "\n\n"
+            yield "data: " + json.dumps({"choices": [], "usage": {"completion_tokens": n}}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    return app
+
+
+async def one_client(client: httpx.AsyncClient, url: str, model: str, i: int, tokens: int) -> tuple[float, int, float]:
+    body = {"model": model, "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft, n = None, 0
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            obj = json.loads(line[6:])
+            if obj.get("usage"):
+                n = obj["usage"]["completion_tokens"]
+            for ch in obj.get("choices", []):
+                if ch.get("delta", {}).get("content") and ttft is None:
+                    ttft = time.perf_counter() - t0
+    return ttft if ttft is not None else float("nan"), n, time.perf_counter() - t0
+
+
+async def load(url: str, model: str, clients: int, tokens: int) -> dict:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+        t0 = time.perf_counter()
+        res = await asyncio.gather(*[one_client(client, url, model, i, tokens) for i in range(clients)])
+        wall = time.perf_counter() - t0
+    total = sum(n for _, n, _ in res)
+    return {"clients": clients, "tokens": total, "wall_s": round(wall, 3), "tokens_per_s": round(total / wall, 1),
+            "ttft_mean_s": round(statistics.mean(t for t, _, _ in res), 4),
+            "ttft_max_s": round(max(t for t, _, _ in res), 4)}
+
+
+def _load_in_child(args) -> dict:
+    return asyncio.run(load(*args))
+
+
+def measure(pool, url: str, model: str, clients: int, tokens: int) -> dict:
+    """Run the clients in another process, so their Python does not hold the server's GIL."""
+    return pool.apply(_load_in_child, ((url, model, clients, tokens),))
+
+
+class _NoStopChatModel(ChatModel):
+    """ChatModel that ignores EOS and stop texts, so it does exactly the baseline's work."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.engine.eos_ids = set()
+        self.engine.stop_texts = ()
+
+
+def bench_serving(pool, model, tok, name: str, levels: list[int], tokens: int) -> dict:
+    out = {"bloomchat": [], "baseline": []}
+    cm = _NoStopChatModel(model, tok, name=name, max_batch_size=max(levels))
+    with BackgroundServer(create_app(cm, guards=None)) as srv:
+        measure(pool, srv.url, name, 2, 8)  # warm-up
+        for c in levels:
+            out["bloomchat"].append(measure(pool, srv.url, name, c, tokens))
+            print(f"  bloomchat {c:>2} clients: {out['bloomchat'][-1]}", flush=True)
+    cm.close()
+    with BackgroundServer(make_baseline_app(model, tok, name)) as srv:
+        measure(pool, srv.url, name, 1, 8)
+        for c in levels:
+            out["baseline"].append(measure(pool, srv.url, name, c, tokens))
+            print(f"  baseline  {c:>2} clients: {out['baseline'][-1]}", flush=True)
+    single_ttft = out["bloomchat"][0]["ttft_mean_s"]
+    out["ratios"] = [{"clients": a["clients"],
+                      "throughput_vs_baseline": round(a["tokens_per_s"] / b["tokens_per_s"], 2),
+                      "ttft_vs_single_client": round(a["ttft_mean_s"] / single_ttft, 2),
+                      "ttft_vs_baseline": round(a["ttft_mean_s"] / b["ttft_mean_s"], 2)}
+                     for a, b in zip(out["bloomchat"], out["baseline"])]
+    return out
+
+
+def bench_int8(model, tok, texts: list[str], tokens: int) -> dict:
+    """Speed and quality of dynamic int8 against the fp32 model it came from (CPU)."""
+    import copy
+
+    from bloomchat.infer.loading import quantize_dynamic_int8
+
+    fp32 = copy.deepcopy(model).cpu().float().eval()
+    int8 = quantize_dynamic_int8(copy.deepcopy(fp32)).eval()
+    res = {}
+    p = GenerationParams(max_new_tokens=tokens, seed=0)
+    msgs = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(8)]
+    for label, m in (("fp32", fp32), ("int8", int8)):
+        cm = _NoStopChatModel(m, tok, name=label)
+        cm.reply(msgs[0], p.replace(max_new_tokens=4))  # warm-up
+        t = time.perf_counter()
+        cm.reply(msgs[0], p)
+        single = tokens / (time.perf_counter() - t)
+        t = time.perf_counter()
+        cm.reply_batch(msgs, p)
+        batch = 8 * tokens / (time.perf_counter() - t)
+        cm.close()
+        res[label] = {"tokens_per_s_1": round(single, 1), "tokens_per_s_8": round(batch, 1)}
+    kls, agree, nll = [], [], {"fp32": [], "int8": []}
+    with torch.inference_mode():
+        for text in texts[:64]:
+            ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :256]
+            if ids.shape[1] < 2:
+                continue
+            la = fp32(ids).logits[0, :-1].float().log_softmax(-1)
+            lb = int8(ids).logits[0, :-1].float().log_softmax(-1)
+            kls.append(float((la.exp() * (la - lb)).sum(-1).mean()))
+            agree.append(float((la.argmax(-1) == lb.argmax(-1)).float().mean()))
+            tgt = ids[0, 1:]
+            nll["fp32"].append(float(-la.gather(1, tgt[:, None]).mean()))
+            nll["int8"].append(float(-lb.gather(1, tgt[:, None]).mean()))
+    res["quality"] = {"texts": len(kls), "mean_kl_fp32_int8": round(statistics.mean(kls), 5),
+                      "top1_agreement": round(statistics.mean(agree), 4),
+                      "perplexity_fp32": round(math.exp(statistics.mean(nll["fp32"])), 2),
+                      "perplexity_int8": round(math.exp(statistics.mean(nll["int8"])), 2)}
+    res["speedup_1"] = round(res["int8"]["tokens_per_s_1"] / res["fp32"]["tokens_per_s_1"], 2)
+    res["speedup_8"] = round(res["int8"]["tokens_per_s_8"] / res["fp32"]["tokens_per_s_8"], 2)
+    return res
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["serving"])
+    fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.6 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        r = results["serving"][name]
+        for col, (key, label) in enumerate((("tokens_per_s", "total tokens/s"), ("ttft_mean_s", "mean TTFT (s)"))):
+            ax = axes[row][col]
+            for who in ("bloomchat", "baseline"):
+                ax.plot([x["clients"] for x in r[who]], [x[key] for x in r[who]], marker="o", label=who)
+            ax.set_xlabel("concurrent streaming clients")
+            ax.set_ylabel(label)
+            ax.set_title(f"{name}: {label}")
+            ax.set_xticks([x["clients"] for x in r["bloomchat"]])
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small-50m"])
+    ap.add_argument("--model", default=None, help="bench this model directory instead of random presets")
+    ap.add_argument("--clients", nargs="+", type=int, default=[1, 4, 8, 16])
+    ap.add_argument("--tokens", type=int, default=64, help="completion tokens per request (default 64)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared 2-core box more threads oversubscribe and "
+                         "run ~10x slower; on a dedicated machine give it the cores)")
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench_serve"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    texts = corpus()
+    results = {"device": args.device, "tokens_per_request": args.tokens, "torch_threads": torch.get_num_threads(),
+               "serving": {}, "int8": {}}
+    if args.model:
+        from bloomchat.models import load_model, load_tokenizer
+
+        models = [(Path(args.model).name, load_model(args.model, device=args.device), load_tokenizer(args.model))]
+    else:
+        models = [(p, *build(p, texts, args.device)) for p in args.presets]
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    for name, model, tok in models:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"{name}: {n_params / 1e6:.1f}M parameters, vocab {len(tok)}", flush=True)
+        results["serving"][name] = bench_serving(pool, model, tok, name, args.clients, args.tokens)
+        results["serving"][name]["params_m"] = round(n_params / 1e6, 1)
+        if not args.skip_int8:
+            results["int8"][name] = bench_int8(model, tok, texts, args.tokens)
+            print(f"  int8: {results['int8'][name]}", flush=True)
+    pool.close()
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    plot(results, out / "results.png")
+    print()
+    print(f"{'model':<12}{'clients':>8}{'tok/s':>10}{'base tok/s':>12}{'x base':>8}{'TTFT s':>9}{'x 1-client':>11}")
+    for name, r in results["serving"].items():
+        for a, b, q in zip(r["bloomchat"], r["baseline"], r["ratios"]):
+            print(f"{name:<12}{a['clients']:>8}{a['tokens_per_s']:>10}{b['tokens_per_s']:>12}"
+                  f"{q['throughput_vs_baseline']:>8}{a['ttft_mean_s']:>9}{q['ttft_vs_single_client']:>11}")
+    for name, r in results["serving"].items():
+        at8 = next((q for q in r["ratios"] if q["clients"] == 8), None)
+        if at8:
+            ok_tp = "met" if at8["throughput_vs_baseline"] >= 4 else "NOT met"
+            ok_tt = "met" if at8["ttft_vs_single_client"] <= 1.5 else "NOT met"
+            print(f"{name}: goal >= 4x baseline tokens/s at 8 clients: x{at8['throughput_vs_baseline']} ({ok_tp}); "
+                  f"goal TTFT at 8 <= 1.5x single-client: x{at8['ttft_vs_single_client']} ({ok_tt})")
+    for name, r in results["int8"].items():
+        print(f"{name} int8: speed x{r['speedup_1']} (1 stream), x{r['speedup_8']} (8); "
+              f"KL {r['quality']['mean_kl_fp32_int8']}, top-1 agreement {r['quality']['top1_agreement']}, "
+              f"perplexity {r['quality']['perplexity_fp32']} -> {r['quality']['perplexity_int8']}")
+    print(f"\nwrote {out / 'results.json'} and {out / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
