@@ -23,6 +23,7 @@ VERB_MODULES: list[str] = [
     "bloomchat.demo.cli",
     "bloomchat.data.cli",
     "bloomchat.pack.cli",
+    "bloomchat.train.cli",
     "bloomchat.infer.cli",
     "bloomchat.eval.cli",
     "bloomchat.arena.cli",

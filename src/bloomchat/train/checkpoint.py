@@ -1,0 +1,128 @@
+"""Atomic checkpoints: a crash, a SIGKILL or a full disk never leaves a half-written one as latest.
+
+    STAGE/checkpoints/step-00000050/   model, optimizer, RNG states (accelerate.save_state) +
+                                       trainer_state.json (step, stage, loss-log length)
+    STAGE/checkpoints/latest           the name of the newest complete checkpoint
+
+Order of writes: everything into `.tmp-step-N/`, fsync, rename to `step-N/` (atomic on one
+filesystem), then `latest` is replaced atomically (write `latest.tmp`, fsync, os.replace), and
+only then are old checkpoints pruned. A reader trusts `latest` alone; stray `.tmp-*` folders of
+an interrupted save are removed on the next save.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from bloomchat.errors import BloomchatError
+
+LATEST = "latest"
+STATE = "trainer_state.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The newest complete checkpoint, or None. A `latest` naming a missing folder is an error."""
+    pointer = ckpt_root / LATEST
+    if not pointer.exists():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    path = ckpt_root / name
+    if not name or not (path / STATE).exists():
+        raise BloomchatError(f"'latest' names {name!r}, which is not a complete checkpoint", where=str(pointer))
+    return path
+
+
+def read_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / STATE).read_text(encoding="utf-8"))
+
+
+def save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, *, keep: int) -> Path:
+    """Write checkpoint `step` atomically (all processes call this; the main one renames)."""
+    name = f"step-{step:08d}"
+    final = ckpt_root / name
+    tmp = ckpt_root / f".tmp-{name}"
+    main = accelerator.is_main_process
+    try:
+        if main:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            for stale in ckpt_root.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()  # before the barrier: under FSDP every rank writes into it at once
+        accelerator.wait_for_everyone()
+        quiet = logging.getLogger("accelerate.utils.other")  # "Removed shared tensor lm_head" (tied, expected)
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            accelerator.save_state(str(tmp))
+        finally:
+            quiet.setLevel(level)
+        accelerator.wait_for_everyone()
+        if main:
+            write_text_atomic(tmp / STATE, json.dumps(state, indent=1))
+            for f in tmp.iterdir():
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            if final.exists():  # a re-run of the same step after a resume
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(ckpt_root)
+            write_text_atomic(ckpt_root / LATEST, name + "\n")
+            _prune(ckpt_root, keep)
+    except OSError as e:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        prev = None
+        try:
+            prev = latest_checkpoint(ckpt_root)
+        except BloomchatError:
+            pass
+        reason = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise BloomchatError(
+            f"could not write checkpoint {name} ({reason}); the latest complete checkpoint is still "
+            f"{prev.name if prev else 'none'}; free space and rerun with --resume", where=str(ckpt_root)) from None
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(ckpt_root: Path, keep: int) -> None:
+    done = sorted(p for p in ckpt_root.glob("step-*") if (p / STATE).exists())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(accelerator, ckpt: Path) -> dict:
+    """Restore model, optimizer and RNG states saved by save_checkpoint; returns trainer state."""
+    try:
+        accelerator.load_state(str(ckpt))
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise BloomchatError(f"cannot restore checkpoint: {str(e).splitlines()[0]}", where=str(ckpt)) from None
+    return read_state(ckpt)

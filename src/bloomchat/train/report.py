@@ -1,0 +1,144 @@
+"""What a stage leaves for people: metrics.jsonl, loss.png, TensorBoard events, the model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+#: Keys of a metrics line that depend only on the math (compared across resumed/parallel runs).
+LOSS_KEYS = ("step", "loss", "lr", "grad_norm", "tokens", "loss_tokens")
+
+
+class MetricsLog:
+    """Append-only JSONL of per-step metrics; on resume the lines after the checkpoint are dropped,
+    so the log of a resumed run equals that of an uninterrupted one. TensorBoard when installed."""
+
+    def __init__(self, path: Path, *, resume_step: int | None, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            path.write_text("")
+        else:
+            keep = [ln for ln in read_metrics(path)
+                    if ln.get("kind", "train") == "train" and ln.get("step", 0) <= resume_step]
+            path.write_text("".join(json.dumps(x) + "\n" for x in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+        except Exception:  # tensorboard not installed: the JSONL and PNG still exist
+            self.tb = None
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "step" and v is not None:
+                    self.tb.add_scalar(f"{rec.get('kind', 'train')}/{k}", v, rec["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(ln) for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def plot_loss(metrics_path: Path, png: Path, title: str) -> Path | None:
+    """Training loss per step (and the moving average), dev loss points when there are any."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_metrics(metrics_path)
+    train = [r for r in recs if r.get("kind", "train") == "train"]
+    dev = [r for r in recs if r.get("kind") == "dev"]
+    if not train:
+        return None
+    steps = [r["step"] for r in train]
+    loss = [r["loss"] for r in train]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    k = max(1, len(loss) // 20)
+    ax.plot(steps, loss, lw=1, alpha=0.5 if k > 1 else 1.0, label="train loss (per step)")
+    for r0, r1 in zip(train, train[1:]):  # epoch boundaries
+        if int(r1.get("epoch", 0) - 1e-9) > int(r0.get("epoch", 0) - 1e-9):
+            ax.axvline(r0["step"], color="grey", ls=":", lw=1)
+    if k > 1:
+        avg = [sum(loss[max(0, i - k + 1):i + 1]) / len(loss[max(0, i - k + 1):i + 1]) for i in range(len(loss))]
+        ax.plot(steps, avg, lw=2, label=f"moving average ({k} steps)")
+    if dev:
+        ax.plot([r["step"] for r in dev], [r["loss"] for r in dev], "o", color="C3", label="dev loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per loss token (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def model_card(*, recipe, stage, data_stats: dict, prepare_summary: dict | None,
+               result: dict) -> str:
+    """README.md of a stage's model: what it was trained from, on what, how, and how well."""
+    split = (data_stats.get("split") or {}).get("train", data_stats)
+    by_source = split.get("by_source") or {}
+    by_lang = split.get("by_lang") or {}
+    recipe_text = recipe.path.read_text(encoding="utf-8") if recipe.path and recipe.path.exists() else ""
+    rows = lambda d: "\n".join(f"| {k} | {v} |" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "| - | - |"  # noqa: E731
+    st = stage
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [bloomchat, chat, multilingual]",
+        f"base_model: {recipe.base_model}",
+        "---",
+        f"# {recipe.name} / {st.name}",
+        "",
+        f"Chat model trained by bloomchat, stage `{st.name}` of recipe `{recipe.name}`, "
+        f"starting from `{result['init_from']}` (base model `{recipe.base_model}`).",
+        "Prompt format: `<human>: ...\\n<bot>: ...` (BLOOMChat); the tokenizer carries it as chat template.",
+        "",
+        "## Training",
+        "",
+        f"- method: {recipe.method}" + (f" (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha}, merged into the "
+                                         "base on export)" if recipe.method == "lora" else ""),
+        f"- steps: {result['steps']}, epochs: {st.epochs}, global batch: {st.global_batch_size} rows of up to "
+        f"{split.get('max_seq_length', data_stats.get('max_seq_length', '?'))} tokens",
+        f"- lr {st.lr} ({st.lr_schedule}, warmup {st.warmup_steps}), weight decay {st.weight_decay}, "
+        f"grad clip {st.max_grad_norm}, prompt loss weight {st.prompt_loss_weight}, precision {recipe.precision}",
+        f"- tokens seen: {result['tokens']}, of which loss tokens: {result['loss_tokens']}",
+        f"- final training loss: {result['final_loss']:.4f}" if result.get("final_loss") is not None else "",
+        f"- dev loss: {result['dev_loss']:.4f}" if result.get("dev_loss") is not None else "",
+        "",
+        "## Data",
+        "",
+        f"Training split: {split.get('conversations', '?')} conversations packed into "
+        f"{split.get('sequences', '?')} sequences, {split.get('tokens', '?')} tokens "
+        f"({split.get('loss_tokens', '?')} of them bot reply tokens, the only ones with loss).",
+        "",
+        "| source | conversations |", "|---|---|", rows(by_source), "",
+        "| language | conversations |", "|---|---|", rows(by_lang), "",
+    ]
+    if prepare_summary:
+        keep = ("conversations", "by_source", "by_lang", "filtered_lines", "rejected_lines", "per_source", "langid")
+        lines += ["Preparation (`bloomchat.data.prepare`) summary:", "", "```json",
+                  json.dumps({k: prepare_summary[k] for k in keep if k in prepare_summary}, indent=1, default=str),
+                  "```", ""]
+    lines += ["## Recipe", "", "```yaml", recipe_text.rstrip(), "```", ""]
+    return "\n".join(x for x in lines if x is not None) + "\n"

@@ -1,0 +1,70 @@
+"""A stage's data as packed shards: used as given, or prepared + packed into the stage's folder.
+
+Raw sources go through the same `bloomchat.data.prepare` and `bloomchat.pack.pack` that
+`bloomchat prepare` / `bloomchat pack` run. The result is reused on the next run (and on
+--resume) while a fingerprint of the inputs (file names, sizes, mtimes, options, tokenizer) is
+unchanged, so a resumed stage trains on exactly the rows it started with.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bloomchat.errors import BloomchatError
+from bloomchat.train.recipe import Recipe, Stage
+
+SPEC = "spec.json"
+
+
+def _spec(recipe: Recipe, stage: Stage, tokenizer_fp: str) -> dict:
+    d = stage.data
+    files = {src: [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in paths]
+             for src, paths in d.sources().items()}
+    return {"files": files, "per_source": d.per_source, "prepare": d.prepare, "seed": recipe.seed,
+            "max_seq_length": d.max_seq_length, "packing": d.packing, "dev_ratio": d.dev_ratio,
+            "tokenizer": tokenizer_fp}
+
+
+def packed_dir(recipe: Recipe, stage: Stage) -> Path:
+    return stage.data.shards if stage.data.shards is not None else recipe.stage_dir(stage) / "data" / "packed"
+
+
+def ensure_packed(recipe: Recipe, stage: Stage, tokenizer, *, accelerator=None) -> tuple[Path, dict | None]:
+    """Shards directory of the stage (built by the main process when needed) and prepare's summary."""
+    from bloomchat.models import tokenizer_fingerprint
+
+    if stage.data.shards is not None:
+        return stage.data.shards, None
+    data_dir = recipe.stage_dir(stage) / "data"
+    out = data_dir / "packed"
+    spec = _spec(recipe, stage, tokenizer_fingerprint(tokenizer))
+    spec_path = data_dir / SPEC
+    summary_path = data_dir / "prepared.summary.json"
+    main = accelerator is None or accelerator.is_main_process
+    fresh = spec_path.exists() and json.loads(spec_path.read_text()) == spec and (out / "stats.json").exists()
+    if main and not fresh:
+        _build(recipe, stage, tokenizer, data_dir, out)
+        spec_path.write_text(json.dumps(spec, indent=1))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return out, summary
+
+
+def _build(recipe: Recipe, stage: Stage, tokenizer, data_dir: Path, out: Path) -> None:
+    try:
+        from bloomchat.data import prepare
+    except ImportError as e:  # pragma: no cover - the data stage ships with the package
+        raise BloomchatError(f"raw sources need bloomchat.data.prepare ({e})") from None
+    from bloomchat.pack import pack
+
+    d = stage.data
+    data_dir.mkdir(parents=True, exist_ok=True)
+    prepared = data_dir / "prepared.jsonl"
+    summary = prepare(out=prepared, oig=[str(p) for p in d.oig], dolly=[str(p) for p in d.dolly],
+                      oasst1=[str(p) for p in d.oasst1], jsonl=[str(p) for p in d.jsonl], seed=recipe.seed,
+                      per_source=d.per_source, **d.prepare)
+    (data_dir / "prepared.summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    pack([prepared], tokenizer, out, max_seq_length=d.max_seq_length, packing=d.packing,
+         dev_ratio=d.dev_ratio, num_proc=d.num_proc, seed=recipe.seed)

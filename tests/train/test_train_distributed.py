@@ -1,0 +1,59 @@
+"""The same recipe under `accelerate launch` with 2 CPU processes (gloo) gives the 1-process curve."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import write_recipe, write_shards
+
+from bloomchat.train import run_recipe
+from bloomchat.train.report import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path, micro_model_dir, tiny_tokenizer):
+    # 14 rows: the last global batch of each epoch has 2 rows, so one micro-slot per step is
+    # empty in the 1-process run and one process idles in the 2-process run (a zero-weight row).
+    shards = write_shards(tmp_path / "shards", tiny_tokenizer, n_rows=14, seed=4, dev_rows=6)
+
+    def recipe(out):
+        return {"name": "ddp", "base_model": str(micro_model_dir), "output_dir": str(tmp_path / out), "seed": 9,
+                "defaults": {"global_batch_size": 4, "micro_batch_size": 1, "lr": 3e-3, "save_every_steps": 3},
+                "stages": [{"name": "s", "epochs": 2, "data": {"shards": str(shards)}}]}
+
+    one = run_recipe(write_recipe(tmp_path / "one.yaml", recipe("one")), progress=False)
+    two_yaml = write_recipe(tmp_path / "two.yaml", recipe("two"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_DISABLE_RICH": "1"}
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
+                        "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
+                        "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+                        "-m", "bloomchat.train", str(two_yaml)],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a = read_metrics(Path(one["stages"][0]["metrics"]))
+    b = read_metrics(tmp_path / "two" / "s" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) == 9  # 4 steps x 2 epochs + dev
+    for x, y in zip(a, b):
+        assert x.get("tokens") == y.get("tokens") and x.get("loss_tokens") == y.get("loss_tokens")
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (x, y)
+    assert b[-1]["kind"] == "dev"
+    from safetensors.torch import load_file
+
+    wa = load_file(str(Path(one["final_model_dir"]) / "model.safetensors"))
+    wb = load_file(str(tmp_path / "two" / "s" / "model" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=2e-5, rtol=1e-4)

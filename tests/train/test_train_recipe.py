@@ -1,0 +1,186 @@
+"""Recipes: every shipped one loads and validates; bad ones fail naming the key and line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from train_helpers import micro_recipe, write_recipe
+
+from bloomchat.errors import BloomchatError
+from bloomchat.train import load_recipe, run_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+
+
+@pytest.fixture
+def fake_sources(tmp_path, micro_model_dir):
+    """Files the shipped recipes name (content does not matter for validation)."""
+    (tmp_path / "oig").mkdir()
+    for f in ("unified_chip2.jsonl", "unified_basic.jsonl.gz"):
+        (tmp_path / "oig" / f).write_text("")
+    (tmp_path / "dolly.jsonl").write_text("")
+    (tmp_path / "oasst1.messages.jsonl").write_text("")
+    wd = tmp_path / "demo"
+    for sub in ("oig", "dolly", "oasst1"):
+        (wd / "data" / sub).mkdir(parents=True)
+    (wd / "data/oig/unified_chip2_demo.jsonl").write_text("")
+    (wd / "data/dolly/dolly_demo.jsonl").write_text("")
+    (wd / "data/oasst1/oasst1_demo.messages.jsonl").write_text("")
+    (wd / "base").symlink_to(micro_model_dir)
+    return {"oig": str(tmp_path / "oig"), "dolly": str(tmp_path / "dolly.jsonl"),
+            "oasst1": str(tmp_path / "oasst1.messages.jsonl"), "out": str(tmp_path / "runs"),
+            "workdir": str(wd)}
+
+
+@pytest.mark.parametrize("name", ["bloomchat-176b", "bloom-560m-lora", "demo"])
+def test_shipped_recipes_load(name, fake_sources):
+    r = load_recipe(RECIPES / f"{name}.yaml", vars=fake_sources)
+    assert len(r.stages) == 2
+    s1, s2 = r.stages
+    assert s1.init_from == "base" and s2.init_from == "previous"
+    assert s1.epochs == 1 and s2.epochs == 3  # BLOOMChat: OIG 1 epoch, OASST1 + Dolly 3 epochs
+    assert s1.data.oig and s2.data.dolly and s2.data.oasst1
+    assert all(s.prompt_loss_weight == 0.0 and s.warmup_steps == 0 and s.weight_decay == 0.1
+               and s.max_grad_norm == 1.0 for s in r.stages)
+    if name == "bloomchat-176b":
+        assert r.base_model == "bigscience/bloom" and r.precision == "bf16" and r.method == "full"
+        assert all(s.lr == 1e-5 and s.global_batch_size == 128 and s.data.max_seq_length == 2048
+                   and s.data.packing == "greedy" for s in r.stages)
+        assert s1.data.prepare["basic_repeat"] == 1000 and s1.data.per_source == 100_000
+        assert [p.name for p in s1.data.oig] == ["unified_basic.jsonl.gz", "unified_chip2.jsonl"]
+    if name == "bloom-560m-lora":
+        assert r.method == "lora" and r.lora.r == 16
+    if name == "demo":
+        assert r.base_model == str(Path(fake_sources["workdir"]) / "base")
+        assert r.output_dir == Path(fake_sources["workdir"]) / "runs" / "demo"
+        assert s1.lr > 1e-5  # random-init tiny model
+    # relative paths resolve against the recipe's folder, not the working directory
+    assert r.output_dir.is_absolute()
+
+
+def test_accelerate_configs_are_valid_yaml():
+    import yaml
+
+    for f in ("deepspeed_zero3.yaml", "fsdp.yaml", "cpu_2proc.yaml"):
+        cfg = yaml.safe_load((RECIPES / "accelerate" / f).read_text())
+        assert cfg["distributed_type"] in ("DEEPSPEED", "FSDP", "MULTI_CPU")
+    ds = yaml.safe_load((RECIPES / "accelerate" / "deepspeed_zero3.yaml").read_text())
+    assert ds["deepspeed_config"]["zero_stage"] == 3 and ds["num_processes"] == 128
+
+
+def _base(tmp_path, micro_model_dir, packed_pair):
+    return micro_recipe(micro_model_dir, tmp_path / "out", packed_pair["s1"], packed_pair["s2"])
+
+
+def _expect(tmp_path, recipe: dict, *fragments, **kw):
+    p = write_recipe(tmp_path / "bad.yaml", recipe)
+    with pytest.raises(BloomchatError) as e:
+        load_recipe(p, **kw)
+    msg = str(e.value)
+    for f in fragments:
+        assert f in msg, msg
+    return msg
+
+
+def test_unknown_key_named_with_line_and_hint(tmp_path, micro_model_dir, packed_pair):
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["stages"][1]["learning_rate"] = 1e-4
+    msg = _expect(tmp_path, r, "stages[1].learning_rate", "unknown key")
+    assert "bad.yaml:" in msg  # the line number follows the file name
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["defaults"]["weightdecay"] = 0.1
+    _expect(tmp_path, r, "defaults.weightdecay", "did you mean 'weight_decay'")
+
+
+def test_wrong_types(tmp_path, micro_model_dir, packed_pair):
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["stages"][0]["epochs"] = "three"
+    _expect(tmp_path, r, "stages[0].epochs", "must be a number")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["defaults"]["micro_batch_size"] = 2.5
+    _expect(tmp_path, r, "micro_batch_size", "must be an integer")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["stages"] = {"name": "x"}
+    _expect(tmp_path, r, "stages", "non-empty list")
+
+
+def test_missing_files(tmp_path, micro_model_dir, packed_pair):
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["stages"][1]["data"] = {"dolly": [str(tmp_path / "nope.jsonl")]}
+    _expect(tmp_path, r, "stages[1].data.dolly", "no file matches")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["stages"][0]["data"] = {"shards": str(tmp_path)}
+    _expect(tmp_path, r, "stages[0].data.shards", "not a packed-shards directory")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["base_model"] = str(tmp_path / "no-model")
+    _expect(tmp_path, r, "base_model", "does not exist")
+
+
+def test_impossible_settings(tmp_path, micro_model_dir, packed_pair):
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["defaults"]["global_batch_size"] = 6
+    r["defaults"]["micro_batch_size"] = 4
+    _expect(tmp_path, r, "global_batch_size", "not a multiple")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    _expect(tmp_path, r, "global_batch_size", "3 process(es)", world_size=3)  # 4 rows over 2 x 3
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["stages"][0]["init_from"] = "stage2"  # a later stage
+    _expect(tmp_path, r, "stages[0].init_from")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["stages"][1]["name"] = "stage1"
+    _expect(tmp_path, r, "used twice")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["lora"] = {"r": 8}
+    _expect(tmp_path, r, "lora", "method is 'full'")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["defaults"]["prompt_loss_weight"] = 2
+    _expect(tmp_path, r, "prompt_loss_weight", "[0, 1]")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["stages"][0]["data"] = {"shards": str(packed_pair["s1"]), "dolly": [str(tmp_path / "bad.yaml")]}
+    (tmp_path / "bad.yaml").write_text("")
+    _expect(tmp_path, r, "not both")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "bad.yaml")], "prepare": {"basic_repat": 3}}
+    _expect(tmp_path, r, "prepare.basic_repat", "unknown prepare option")
+
+
+def test_placeholders(tmp_path, micro_model_dir, packed_pair):
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["output_dir"] = "${where}/out"
+    _expect(tmp_path, r, "output_dir", "--set where=")
+    p = write_recipe(tmp_path / "ok.yaml", r)
+    assert load_recipe(p, vars={"where": str(tmp_path)}).output_dir == tmp_path / "out"
+    r["output_dir"] = "${where:-rel}/out"
+    p = write_recipe(tmp_path / "sub" / "ok.yaml", r)
+    assert load_recipe(p).output_dir == tmp_path / "sub" / "rel" / "out"
+
+
+def test_dry_run_prints_the_plan(tmp_path, micro_model_dir, packed_pair):
+    p = write_recipe(tmp_path / "r.yaml", _base(tmp_path, micro_model_dir, packed_pair))
+    plan = run_recipe(p, dry_run=True)
+    s1, s2 = plan["stages"]
+    # 36 rows of stage 1 (packed by the fixture) in global batches of 4 -> 9 steps, 1 epoch
+    assert s1["rows"] > 0 and s1["steps"] == -(-s1["rows"] // 4)
+    assert s2["steps"] == 2 * -(-s2["rows"] // 4)
+    assert s1["tokens"] > s1["loss_tokens"] > 0
+    assert s2["init_from"] == "stage stage1"
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+    out = subprocess.run([sys.executable, "-m", "bloomchat.train", str(p), "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "stage 1: stage1" in out.stdout and f"steps {s1['steps']}" in out.stdout
+    assert str(tmp_path / "out" / "stage2" / "model") in out.stdout
+
+
+def test_cli_error_is_one_line(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\nbase_model: /nonexistent/model\noutput_dir: out\nstages: []\n")
+    out = subprocess.run([sys.executable, "-m", "bloomchat.train", str(p)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "r.yaml:2 base_model" in out.stderr
