@@ -147,7 +147,7 @@ def run_demo(workdir: str | Path = "bloomchat-demo", *, fresh: bool = False, pre
     base = wd / "base"
     base_key = _sha(data_key, preset, str(vocab_size))
     if state.done("base", base_key) and (base / "config.json").exists():
-        console.print(f"  reusing {base}")
+        console.print(f"  reusing {base}", soft_wrap=True, highlight=False)
     else:
         with console.status("training tokenizer and building model"):
             texts = _corpus_texts(wd / "data", wd)
@@ -162,7 +162,7 @@ def run_demo(workdir: str | Path = "bloomchat-demo", *, fresh: bool = False, pre
     train_key = _sha(base_key, recipe.read_bytes())
     model_dir = wd / "model"
     if state.done("train", train_key) and (model_dir / "config.json").exists():
-        console.print(f"  reusing {model_dir}")
+        console.print(f"  reusing {model_dir}", soft_wrap=True, highlight=False)
         result = state.data["train"].get("result", {})
     else:
         resume = state.started("train", train_key)
@@ -184,10 +184,11 @@ def run_demo(workdir: str | Path = "bloomchat-demo", *, fresh: bool = False, pre
 
     timings["total"] = time.perf_counter() - t_all
     console.rule("[bold green]done")
-    console.print(f"Chat model (Hugging Face layout): [bold]{model_dir}[/]  ({timings['total']:.0f} s in all)")
+    console.print(f"Chat model (Hugging Face layout): [bold]{model_dir}[/]  ({timings['total']:.0f} s in all)", soft_wrap=True)
     console.print("Next:")
-    console.print(f"  bloomchat chat {model_dir}")
-    console.print(f"  bloomchat serve {model_dir} --port 8000    # OpenAI-compatible API and web chat at http://127.0.0.1:8000/")
+    console.print(f"  bloomchat chat {model_dir}", soft_wrap=True, highlight=False)
+    console.print(f"  bloomchat serve {model_dir} --port 8000    # OpenAI-compatible API and web chat at http://127.0.0.1:8000/",
+                  soft_wrap=True, highlight=False)
     return {"workdir": str(wd), "model_dir": str(model_dir), "train": result, "timings": timings}
 
 
@@ -209,7 +210,7 @@ def show_demo_chats(model_dir: Path, console: Console) -> list[tuple[str, list[d
             messages.append({"role": "user", "content": text})
             reply = cm.reply(messages, params)
             messages.append({"role": "assistant", "content": reply})
-            console.print(f"  [green]<human>:[/] {text}")
-            console.print(f"  [magenta]<bot>:[/] {reply}", highlight=False)
+            console.print(f"  [green]<human>:[/] {text}", soft_wrap=True)
+            console.print(f"  [magenta]<bot>:[/] {reply}", highlight=False, soft_wrap=True)
         transcripts.append((lang, messages))
     return transcripts
