@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -50,7 +51,11 @@ def test_two_stages_write_models_logs_and_cards(two_stage, micro_model_dir):
         assert recs[-1]["loss"] == pytest.approx(s["final_loss"])
         assert sum(r["loss_tokens"] for r in recs) == s["loss_tokens"] > 0
         assert Path(s["loss_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert any((Path(s["metrics"]).parent / "tensorboard").iterdir())
+        tb_dir = Path(s["metrics"]).parent / "tensorboard"
+        if importlib.util.find_spec("tensorboard") is not None:  # TensorBoard events when installed
+            assert any(tb_dir.iterdir())
+        else:
+            assert not tb_dir.exists()
         card = (d / "README.md").read_text()
         assert f"stage `{s['name']}`" in card and f"{s['final_loss']:.4f}" in card
         assert "base_model:" in card and "| oig |" in card or "| dolly |" in card
