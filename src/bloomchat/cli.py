@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.verb is None else 2
+    return run_verb(args)
+
+
+def run_verb(args: argparse.Namespace) -> int:
+    """Call `args.func(args)`; a BloomchatError becomes one line on stderr and exit 2."""
     try:
         rc = args.func(args)
         return int(rc or 0)

@@ -40,7 +40,7 @@ from bloomchat.eval.backends import BLOOMCHAT_SAMPLING, GenParams
 from bloomchat.eval.langs import lang_from_path, normalize_lang
 from bloomchat.eval.metrics import Metric, mean_metric
 from bloomchat.eval.readers import existing, iter_jsonl
-from bloomchat.eval.task import EvalTask
+from bloomchat.eval.task import EvalTask, select_by_lang
 
 OASST60_LANGS = ("en", "es", "ru", "de", "fr", "uk", "it", "vi", "zh", "ko", "ja", "th")
 _TEXT_KEYS = ("text", "query", "question", "prompt", "instruction", "turns")
@@ -221,27 +221,11 @@ class ChatTask(EvalTask):
             self._gen = None
 
     def examples(self) -> list[dict]:
-        if self._examples is not None:
-            return self._examples
-        items = load_prompts(self.data, self.format, self.lang)
-        if not items:
-            raise BloomchatError("no prompts", where=self.data)
-        present = sorted({it["lang"] for it in items})
-        if self.langs:
-            missing = [x for x in self.langs if x not in present]
-            if missing:
-                raise BloomchatError(f"no prompts in {', '.join(missing)}; the set has {', '.join(present)}",
-                                     where=self.data)
-            items = [it for it in items if it["lang"] in self.langs]
-        per: dict[str, int] = {}
-        out = []
-        for it in items:
-            if self.limit and per.get(it["lang"], 0) >= self.limit:
-                continue
-            per[it["lang"]] = per.get(it["lang"], 0) + 1
-            out.append({**it, "group": it["lang"]})
-        self._examples = out
-        return out
+        if self._examples is None:
+            items = load_prompts(self.data, self.format, self.lang)
+            self._examples = select_by_lang(items, langs=self.langs, limit=self.limit, where=self.data,
+                                            what="prompts")
+        return self._examples
 
     def sort_key(self, ex: dict) -> int:
         return -sum(len(t) for t in ex["turns"])

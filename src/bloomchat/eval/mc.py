@@ -31,7 +31,7 @@ from bloomchat.errors import BloomchatError
 from bloomchat.eval.langs import lang_from_path, lang_from_path_tokens, normalize_lang
 from bloomchat.eval.metrics import Metric, mean_metric
 from bloomchat.eval.readers import existing, iter_jsonl, read_table
-from bloomchat.eval.task import EvalTask
+from bloomchat.eval.task import EvalTask, select_by_lang
 
 NORMS = ("sum", "mean", "char", "byte")
 FORMATS = ("jsonl", "xnli", "xwinograd", "xstorycloze", "pawsx")
@@ -373,27 +373,11 @@ class MCTask(EvalTask):
         self._examples = None
 
     def examples(self) -> list[dict]:
-        if self._examples is not None:
-            return self._examples
-        items = load_mc(self.data, self.format, self.lang)
-        if not items:
-            raise BloomchatError("no multiple-choice examples", where=self.data)
-        present = sorted({it["lang"] for it in items})
-        if self.langs:
-            missing = [x for x in self.langs if x not in present]
-            if missing:
-                raise BloomchatError(f"no examples in {', '.join(missing)}; the set has {', '.join(present)}",
-                                     where=self.data)
-            items = [it for it in items if it["lang"] in self.langs]
-        per: dict[str, int] = {}
-        out = []
-        for it in items:
-            if self.limit and per.get(it["lang"], 0) >= self.limit:
-                continue
-            per[it["lang"]] = per.get(it["lang"], 0) + 1
-            out.append({**it, "group": it["lang"]})
-        self._examples = out
-        return out
+        if self._examples is None:
+            items = load_mc(self.data, self.format, self.lang)
+            self._examples = select_by_lang(items, langs=self.langs, limit=self.limit, where=self.data,
+                                            what="multiple-choice examples")
+        return self._examples
 
     def sort_key(self, ex: dict) -> int:
         ctx = ex["context"]

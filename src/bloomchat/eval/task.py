@@ -4,7 +4,30 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from bloomchat.errors import BloomchatError
 from bloomchat.eval.metrics import DEFAULT_BOOTSTRAP, Metric, evaluate
+
+
+def select_by_lang(items: list[dict], *, langs: Sequence[str] | None, limit: int | None, where: str,
+                   what: str = "examples") -> list[dict]:
+    """Keep the requested languages (an absent one is an error naming what the set has) and at most
+    `limit` items per language, in file order; each item's group is its language."""
+    if not items:
+        raise BloomchatError(f"no {what}", where=where)
+    if langs:
+        present = sorted({it["lang"] for it in items})
+        missing = [x for x in langs if x not in present]
+        if missing:
+            raise BloomchatError(f"no {what} in {', '.join(missing)}; the set has {', '.join(present)}", where=where)
+        items = [it for it in items if it["lang"] in langs]
+    per: dict[str, int] = {}
+    out = []
+    for it in items:
+        if limit and per.get(it["lang"], 0) >= limit:
+            continue
+        per[it["lang"]] = per.get(it["lang"], 0) + 1
+        out.append({**it, "group": it["lang"]})
+    return out
 
 
 class EvalTask:

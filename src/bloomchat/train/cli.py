@@ -58,19 +58,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `python -m bloomchat.train` (accelerate launch)."""
-    import os
+    from bloomchat.cli import run_verb
 
     parser = argparse.ArgumentParser(prog="bloomchat train")
     sub = parser.add_subparsers(dest="verb")
     add_parser(sub)
     args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return run(args)
-    except BloomchatError as e:
-        if os.environ.get("BLOOMCHAT_DEBUG"):
-            raise
-        print(f"bloomchat train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bloomchat train: interrupted", file=sys.stderr)
-        return 130
+    return run_verb(args)
