@@ -32,11 +32,11 @@ DEMO_CHATS: list[tuple[str, list[str]]] = [
 DEMO_MAX_NEW_TOKENS = 48  # short replies keep the demo quick; the published default is 512
 
 
-def repo_recipe(name: str) -> Path:
-    """Path of a shipped recipe (recipes/NAME.yaml beside src/)."""
-    path = Path(__file__).resolve().parents[3] / "recipes" / f"{name}.yaml"
+def shipped_recipe(name: str) -> Path:
+    """Path of a recipe shipped with bloomchat (recipes/NAME.yaml, inside the package as bloomchat/recipes)."""
+    path = Path(str(resources.files("bloomchat") / "recipes" / f"{name}.yaml"))
     if not path.exists():
-        raise BloomchatError(f"shipped recipe not found: {path} (install bloomchat from a source checkout with `pip install -e .`)")
+        raise BloomchatError(f"shipped recipe not found: {path}")
     return path
 
 
@@ -158,7 +158,7 @@ def run_demo(workdir: str | Path = "bloomchat-demo", *, fresh: bool = False, pre
 
     # 3. Training: the two BLOOMChat stages of recipes/demo.yaml.
     t = step("3/4  training: stage 1 (OIG) then stage 2 (Dolly + OASST1, 3 epochs)")
-    recipe = repo_recipe("demo")
+    recipe = shipped_recipe("demo")
     train_key = _sha(base_key, recipe.read_bytes())
     model_dir = wd / "model"
     if state.done("train", train_key) and (model_dir / "config.json").exists():

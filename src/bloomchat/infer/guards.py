@@ -312,6 +312,31 @@ class GuardSession:
             return "", "retry"
         return self._release(), None
 
+    def on_event(self, ev: Event, prompt_tokens: int | None = None) -> tuple[list[Event], str | None]:
+        """Pass one backend event through the guards: the events to hand on, and what to do next
+        ("retry": resample, "done": the reply is over, None: keep reading). Shared by the sync
+        stream (`guarded_events`) and the server's async one, so both behave the same."""
+        out: list[Event] = []
+        if ev.text:
+            text, action = self.feed(ev.text)
+            if text:
+                out.append(Event(text=text))
+            if action == "retry":
+                return out, "retry"
+            if action == "stop":
+                pt = ev.prompt_tokens if prompt_tokens is None else prompt_tokens
+                out.append(Event(done=True, finish_reason=self.finish_reason, prompt_tokens=pt, final_text=self.text))
+                return out, "done"
+        if ev.done:
+            text, action = self.end()
+            if action == "retry":
+                return out, "retry"
+            if text:
+                out.append(Event(text=text))
+            out.append(ev)
+            return out, "done"
+        return out, None
+
 
 def guarded_events(start: Callable[[GenerationParams], Iterator[Event]], messages: Sequence[dict],
                    params: GenerationParams, config: GuardConfig, stats: GuardStats) -> Iterator[Event]:
@@ -330,27 +355,13 @@ def guarded_events(start: Callable[[GenerationParams], Iterator[Event]], message
         retry = False
         try:
             for ev in events:
-                if ev.text:
-                    out, action = session.feed(ev.text)
-                    if out:
-                        yield Event(text=out)
-                    if action == "retry":
-                        retry = True
-                        break
-                    if action == "stop":
-                        yield Event(done=True, finish_reason=session.finish_reason, prompt_tokens=ev.prompt_tokens,
-                                    final_text=session.text)
-                        return
-                if ev.done:
-                    out, action = session.end()
-                    if action == "retry":
-                        retry = True
-                        break
-                    if out:
-                        yield Event(text=out)
-                    yield Event(done=True, finish_reason=ev.finish_reason, prompt_tokens=ev.prompt_tokens,
-                                completion_tokens=ev.completion_tokens, error=ev.error)
+                out, next_step = session.on_event(ev)
+                yield from out
+                if next_step == "done":
                     return
+                if next_step == "retry":
+                    retry = True
+                    break
         finally:
             close = getattr(events, "close", None)
             if close:

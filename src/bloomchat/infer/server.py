@@ -275,26 +275,14 @@ def create_app(backend, *, api_keys: set[str] | None = None, guards: GuardConfig
             gen = events(ids, params)
             try:
                 async for ev in gen:
-                    if ev.text:
-                        out, action = session.feed(ev.text)
-                        if out:
-                            yield Event(text=out)
-                        if action == "retry":
-                            retry = True
-                            break
-                        if action == "stop":
-                            yield Event(done=True, finish_reason=session.finish_reason, prompt_tokens=len(ids),
-                                        final_text=session.text)
-                            return
-                    if ev.done:
-                        out, action = session.end()
-                        if action == "retry":
-                            retry = True
-                            break
-                        if out:
-                            yield Event(text=out)
-                        yield ev
+                    out, next_step = session.on_event(ev, prompt_tokens=len(ids))
+                    for item in out:
+                        yield item
+                    if next_step == "done":
                         return
+                    if next_step == "retry":
+                        retry = True
+                        break
             finally:
                 await gen.aclose()
             if not retry:
