@@ -1,0 +1,42 @@
+"""The CLI frame: every built verb is listed, user errors are one line and exit 2, never a traceback."""
+
+import subprocess
+import sys
+
+from bloomchat.cli import VERB_MODULES, build_parser, main
+from bloomchat.demo.run import shipped_recipe
+
+VERBS = {"demo", "prepare", "data-report", "pack", "pack-check", "pack-show", "train", "chat", "serve", "eval", "arena"}
+
+
+def test_help_lists_every_verb():
+    out = subprocess.run([sys.executable, "-m", "bloomchat", "--help"], capture_output=True, text=True, check=True).stdout
+    for verb in VERBS:
+        assert f"    {verb}" in out, verb
+    assert len(VERB_MODULES) == len(set(VERB_MODULES))
+    assert set(build_parser()._subparsers._group_actions[0].choices) == VERBS
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bloomchat", "pack", str(tmp_path / "missing.jsonl"),
+                           "--tokenizer", str(tmp_path / "tok"), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("bloomchat pack: error:") and "missing.jsonl" in lines[-1]
+
+
+def test_unknown_verb_is_a_usage_error(capsys):
+    try:
+        main(["no-such-verb"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("argparse accepted an unknown verb")
+
+
+def test_shipped_recipes_are_inside_the_package():
+    for name in ("demo", "bloom-560m-lora", "bloomchat-176b"):
+        path = shipped_recipe(name)
+        assert "bloomchat" in path.parts and path.read_text().strip()
