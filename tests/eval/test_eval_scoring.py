@@ -174,3 +174,26 @@ def test_batched_greedy_generation_equals_one_at_a_time(backend):
         assert r.new_tokens is not None and 0 <= r.new_tokens <= 8
         if r.hit_limit:
             assert r.new_tokens == 8
+
+
+def test_guards_and_compare_charts_show_shares_on_0_to_100(tmp_path, monkeypatch):
+    """Percent metrics are drawn on 0..100 even when every bar is 0 (no meaningless ±0.05 axis)."""
+    from matplotlib.figure import Figure
+
+    from bloomchat.eval.report import guards_chart
+
+    seen = []
+    real_savefig = Figure.savefig
+
+    def spy(fig, *a, **kw):
+        seen.extend(ax.get_ylim() for ax in fig.axes)
+        return real_savefig(fig, *a, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    zero = {"value": 0.0, "ci95": [0.0, 0.0], "n": 4}
+    info = {m: {"percent": True, "higher_is_better": m == "in_lang"} for m in ("in_lang", "degenerate", "rep4")}
+    entry = {"kind": "chat", "metric_info": info,
+             "metrics": {g: {m: dict(zero) for m in info} for g in ("zh", "en", "all")}}
+    out = guards_chart("chat-x.guards-on", entry, entry, tmp_path / "effect.png")
+    assert out.exists() and len(seen) == 3
+    assert all(lim == (0.0, 100.0) for lim in seen), seen

@@ -121,3 +121,25 @@ def test_infer_terminal_chat_bad_flags(micro_model_dir, flag, monkeypatch, capsy
     assert cli.main(["chat", str(micro_model_dir), *flag]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bloomchat chat: error: flags:") and "\n" not in err
+
+
+def test_infer_terminal_chat_says_when_a_guard_cut_printed_text(tiny_tokenizer):
+    """The loop guard cuts text the terminal already printed: the user is told what was kept."""
+    import io
+
+    from bloomchat.infer.guards import GuardConfig, GuardedChat
+    from bloomchat.infer.terminal import TerminalChat
+    from infer_helpers import scripted_chat_model
+
+    chat = GuardedChat(scripted_chat_model(tiny_tokenizer, " Fine, thanks." * 10),
+                       GuardConfig(language=False, moderator=None))
+    lines = iter(["How are you?", "/quit"])
+    out = io.StringIO()
+    try:
+        TerminalChat(chat, GenerationParams(temperature=0, max_new_tokens=200), read=lambda _: next(lines),
+                     out=out).run()
+    finally:
+        chat.close()
+    text = out.getvalue()
+    assert "Fine, thanks. Fine, thanks." in text  # the loop was streamed before it was recognised
+    assert "(repetition cut: the reply kept in the conversation is: Fine, thanks.)" in text

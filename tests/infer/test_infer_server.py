@@ -105,6 +105,9 @@ def test_infer_api_keys_from_environment(monkeypatch):
     ({"model": "micro", "messages": [{"role": "user", "content": "word " * 2100}]}, None, 400,
      "maximum context length"),
     (None, b"x" * (2 * 1024 * 1024), 413, "larger than"),
+    ({"model": "micro", "messages": [{"role": "user", "content": ""}]}, None, 400, "must not be empty"),
+    ({"model": "micro", "messages": [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": " \n "}]}, None, 400, "messages[1].content"),
 ])
 def test_infer_bad_requests_get_openai_error_objects(micro_server, body, content, status, needle):
     r = _post(micro_server, "/v1/chat/completions", body, content=content,
@@ -112,6 +115,8 @@ def test_infer_bad_requests_get_openai_error_objects(micro_server, body, content
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert needle in err["message"] and err["type"]
+    if content is not None and content.startswith(b"{"):
+        assert err["param"] is None  # malformed JSON: no field to blame (not the character offset)
     assert HTTP.get(micro_server.url + "/health").json()["status"] == "ok"  # still alive
 
 

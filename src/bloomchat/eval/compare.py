@@ -190,6 +190,8 @@ def _chart(name: str, task: dict, labels: list[str], path: Path, title: str | No
             ax.bar(x + (j - (len(runs) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=2, label=lab)
         ax.set_xticks(x, groups)
         ax.set_title(f"{m}{' (%)' if k == 100 else ''}", fontsize=10)
+        if k == 100:  # shares on their full scale (all-zero bars otherwise get a -0.05..0.05 axis)
+            ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title or f"{name} ({task['kind']}): runs side by side, 95% bootstrap intervals", fontsize=10)

@@ -117,9 +117,11 @@ def load_flores(path: str | Path, directions: list[tuple[str, str]] | None, spli
     first = needed[0]
     for x in needed[1:]:
         if len(lines[x]) != len(lines[first]):
-            raise BloomchatError(
+            longer = x if len(lines[x]) > len(lines[first]) else first
+            raise BloomchatError(  # where: the first line of the longer file that has no counterpart
                 f"files are not aligned: {files[x].name} has {len(lines[x])} lines, "
-                f"{files[first].name} has {len(lines[first])}", where=str(files[x]))
+                f"{files[first].name} has {len(lines[first])}",
+                where=f"{files[longer]}:{min(len(lines[x]), len(lines[first])) + 1}")
     pairs = []
     for s, t in directions:
         for i, (a, b) in enumerate(zip(lines[s], lines[t]), 1):
@@ -161,7 +163,8 @@ def load_wmt(path: str | Path, directions: list[tuple[str, str]] | None) -> list
         src, ref = read_lines(src_p), read_lines(ref_p)
         if len(src) != len(ref):
             raise BloomchatError(f"source and reference are not aligned: {src_p.name} has {len(src)} lines, "
-                                 f"{ref_p.name} has {len(ref)}", where=str(ref_p))
+                                 f"{ref_p.name} has {len(ref)}",
+                                 where=f"{src_p if len(src) > len(ref) else ref_p}:{min(len(src), len(ref)) + 1}")
         pairs.extend(Pair(d[0], d[1], a, b, f"{src_p}:{i}") for i, (a, b) in enumerate(zip(src, ref), 1))
     return pairs
 

@@ -186,6 +186,7 @@ def create_app(backend, *, api_keys: set[str] | None = None, guards: GuardConfig
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
         if first.get("type") == "json_invalid":
+            param = None  # its loc is the character offset, not a field
             msg = f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
         else:
             msg = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
@@ -333,6 +334,10 @@ def create_app(backend, *, api_keys: set[str] | None = None, guards: GuardConfig
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        for i, m in enumerate(messages):  # an empty user turn gives the model nothing to answer
+            if m["role"] == "user" and not m["content"].strip():
+                raise _error(400, f"messages[{i}].content: a user message must not be empty",
+                             param=f"messages.{i}.content")
         try:
             ids = state.backend.prompt_ids(messages)
         except BloomchatError as e:

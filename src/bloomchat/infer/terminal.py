@@ -115,7 +115,7 @@ class TerminalChat:
         self.say("bot> ", end="")
         parts: list[str] = []
         stream = self.chat.stream_events(msgs, self.params)
-        finish = None
+        finish, shown = None, None
         try:
             for ev in stream:
                 if ev.text:
@@ -124,12 +124,16 @@ class TerminalChat:
                 if ev.done:
                     finish = ev.finish_reason
                     if ev.final_text is not None:
+                        shown = "".join(parts)
                         parts = [ev.final_text]
         except KeyboardInterrupt:
             finish = "interrupted"
         finally:
             stream.close()
         self.say()
+        if shown is not None and len(parts[0]) < len(shown):
+            # a guard cut text already printed (a loop): say so, since the terminal cannot unprint it
+            self.say(f"(repetition cut: the reply kept in the conversation is: {parts[0]})")
         if finish in ("length", "interrupted", "content_filter"):
             self.say(f"({finish})")
         self.messages.append({"role": "assistant", "content": "".join(parts)})
