@@ -226,6 +226,18 @@ def test_oasst_message_level_best_path_and_orphans(tmp_path):
     assert "missing-parent" in rej[0]["reason"] and rej[0]["file"] == str(p)
 
 
+def test_oasst_parent_cycle_is_rejected_not_lost(tmp_path):
+    msgs = oasst_messages()[:3] + [oasst_msg("C1", "C2", "prompter", "Loop one?"),
+                                   oasst_msg("C2", "C1", "assistant", "Loop two."),
+                                   oasst_msg("C3", "C2", "prompter", "Under the loop.")]
+    p = write_jsonl(tmp_path / "oasst.jsonl", msgs)
+    s = prepare(out=tmp_path / "o.jsonl", oasst1=[p], filters=False, progress=False)
+    (f,) = s["files"]
+    assert f["balanced"] and f["lines_read"] == 6 and f["rejected"] == {"cycle": 3}
+    rej = [json.loads(l) for l in (tmp_path / "o.rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"].split(":")[0]) for r in rej] == [(4, "cycle"), (5, "cycle"), (6, "cycle")]
+
+
 def to_tree(msgs: list[dict], root: str) -> dict:
     by = {m["message_id"]: dict(m) for m in msgs}
     for m in msgs:

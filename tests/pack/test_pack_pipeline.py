@@ -67,7 +67,7 @@ def test_shards_hold_every_conversation_once_and_stats_agree(tmp_path, prepared,
         Counter(t for e in encoded.values() for t in e.input_ids.tolist())
     assert sum(sum(r["loss_mask"]) for r in everything) == sum(int(e.loss_mask.sum()) for e in encoded.values())
     for s in ("train", "dev"):
-        want = {k for k in encoded if dev_side(k, 0, 0.25) == (s == "dev")}
+        want = {k for k in encoded if dev_side(encoded[k].split_key, 0, 0.25) == (s == "dev")}
         got_tokens = Counter(t for r in rows[s] for t in r["input_ids"])
         assert got_tokens == Counter(t for k in want for t in encoded[k].input_ids.tolist())
         if packing != "full":  # each segment is exactly one whole conversation
@@ -100,6 +100,32 @@ def test_output_is_identical_for_any_num_proc(tmp_path, tiny_tokenizer_dir):
         s.pop("timing")
         outs.append((s, {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.parquet"))}))
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_copies_of_a_conversation_stay_on_one_side_of_the_split(tmp_path, tiny_tokenizer):
+    """OIG unified_basic items come 1001 times with distinct ids: dev must not hold what train holds."""
+    recs = _records(20, seed=7)
+    basic = {"turns": [{"role": "human", "text": "Who are you?"}, {"role": "bot", "text": "An open chat model."}],
+             "source": "oig/unified_basic", "lang": "en"}
+    recs += [Conversation.from_record({**basic, "id": f"unified_basic.jsonl:1#{k}"}).to_record() for k in range(40)]
+    path = _write(tmp_path / "p.jsonl", recs)
+    out = tmp_path / "out"
+    stats = pack(path, tiny_tokenizer, out, max_seq_length=128, packing="single", dev_ratio=0.5, progress=False,
+                 plot=False)
+    sides = {s: [tuple(r["input_ids"]) for r in _rows(out, s)] for s in ("train", "dev")}
+    assert not set(sides["train"]) & set(sides["dev"])
+    assert stats["split"]["dev"]["conversations"] > 0 and stats["conversations"] == 60
+    (enc,) = encode_conversations([Conversation.from_record({**basic, "id": "x"})], tiny_tokenizer)
+    assert max(sides["train"].count(tuple(enc.input_ids.tolist())), sides["dev"].count(tuple(enc.input_ids.tolist()))) == 40
+
+
+def test_directory_input_skips_the_rejects_file_prepare_writes(tmp_path, tiny_tokenizer):
+    d = tmp_path / "data"
+    d.mkdir()
+    _write(d / "stage2.jsonl", _records(10))
+    (d / "stage2.rejects.jsonl").write_text(json.dumps({"file": "raw.jsonl", "line": 3, "reason": "malformed JSON"}) + "\n")
+    s = pack(d, tiny_tokenizer, tmp_path / "out", progress=False, plot=False)
+    assert s["inputs"] == [str(d / "stage2.jsonl")] and s["conversations"] == 10 and s["dropped"] == 0
 
 
 def test_overlong_split_and_drop_are_counted(tmp_path, tiny_tokenizer):

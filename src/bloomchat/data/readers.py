@@ -295,6 +295,16 @@ def _oasst_messages(path: Path, ledger: Ledger, records: Iterator[Raw]) -> Itera
                 c = stack.pop()
                 ledger.reject(key, msgs[c].line, f"orphan_descendant: under message {mid} whose parent {m.parent} is not in the file")
                 stack.extend(msgs[c].children)
+    # messages whose parent_id chain loops (a -> b -> a) reach neither a root nor an orphan
+    reached: set[str] = set()
+    stack = [mid for mid, m in msgs.items() if m.parent is None or m.parent not in msgs]
+    while stack:
+        c = stack.pop()
+        reached.add(c)
+        stack.extend(msgs[c].children)
+    for mid, m in msgs.items():
+        if mid not in reached:
+            ledger.reject(key, m.line, f"cycle: the parent_id chain from message {mid} loops and never reaches a root")
     for mid, m in msgs.items():
         if m.parent is not None:
             continue

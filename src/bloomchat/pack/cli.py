@@ -67,8 +67,8 @@ def _run_pack(args: argparse.Namespace) -> int:
     print(f"packed {s['conversations']:,} conversations into {s['sequences']:,} rows of <= {s['max_seq_length']} "
           f"tokens ({s['packing']}): train {tr['sequences']:,} rows, dev {dv['sequences']:,} rows")
     print(f"tokens {s['tokens']:,}, loss tokens {s['loss_tokens']:,} ({s['loss_tokens'] / max(1, s['tokens']):.1%}); "
-          f"padding {s['padding_fraction']:.2%} (greedy would be {tr['padding_fraction_greedy']:.2%}, "
-          f"single {tr['padding_fraction_single']:.2%})")
+          f"padding {s['padding_fraction']:.2%} (train {tr['padding_fraction']:.2%}, where greedy would give "
+          f"{tr['padding_fraction_greedy']:.2%} and single {tr['padding_fraction_single']:.2%})")
     d = s["dropped_by_reason"]
     print(f"dropped {s['dropped']:,} records (no bot turn {d['no_bot_turn']:,}, invalid {d['invalid']:,}, "
           f"overlong {d['overlong']:,}); overlong conversations {s['overlong']['conversations']:,} "

@@ -12,6 +12,7 @@ output does not depend on how many processes did the work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -30,12 +31,23 @@ INVALID = "invalid"
 class Encoded:
     """One conversation, tokenised."""
 
-    key: str  # the record's id, or FILE:LINE: decides its train/dev side
+    key: str  # the record's id, or FILE:LINE
     input_ids: np.ndarray  # int32
     loss_mask: np.ndarray  # int8
     source: str
     lang: str | None
     trailing_prompt_tokens: int  # tokens of a final human turn with no reply, left out
+    split_key: str = ""  # digest of the tokens: decides the train/dev side (see `content_key`)
+
+
+def content_key(input_ids: np.ndarray, loss_mask: np.ndarray) -> str:
+    """Digest of what is trained on: identical conversations (OIG unified_basic's 1001 copies, exact
+    duplicates kept with --no-dedup) get one key, so they all land on the same side of the split and
+    dev never holds a conversation that train also holds."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(input_ids, dtype=np.int32).tobytes())
+    h.update(np.ascontiguousarray(loss_mask, dtype=np.int8).tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -105,13 +117,15 @@ def encode_conversations(convs: list[Conversation], tokenizer) -> list[Encoded |
             if loss:
                 ids.append(eos)
                 mask.append(1)
+        ids_arr, mask_arr = np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=np.int8)
         out.append(Encoded(
             key=str(conv.id),
-            input_ids=np.asarray(ids, dtype=np.int32),
-            loss_mask=np.asarray(mask, dtype=np.int8),
+            input_ids=ids_arr,
+            loss_mask=mask_arr,
             source=conv.source,
             lang=conv.lang,
             trailing_prompt_tokens=trailing,
+            split_key=content_key(ids_arr, mask_arr),
         ))
     return out
 

@@ -4,9 +4,10 @@
     python -c "from bloomchat.pack import pack; print(pack('prepared.jsonl', 'tok_dir', 'packed'))"
 
 Streaming end to end: lines are read in chunks, tokenised (in `num_proc` worker processes,
-at most 2 chunks each in flight), split train/dev by a hash of the record id, cut or dropped
-when overlong, packed and written in bounded row groups. Results are consumed in input order,
-so the shards are byte-for-byte the same for any `num_proc`.
+at most 2 chunks each in flight), split train/dev by a hash of the tokens (so every copy of a
+conversation lands on one side), cut or dropped when overlong, packed and written in bounded row
+groups. Results are consumed in input order, so the shards are byte-for-byte the same for any
+`num_proc`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from bloomchat.pack.shards import ROW_GROUP_ROWS, SHARD_ROWS, SPLITS, ShardWrite
 from bloomchat.pack.stats import STATS_FILE, SplitStats, tokenizer_info
 
 OVERLONG = ("split", "drop")
+#: Suffix of `bloomchat prepare`'s rejects file, skipped when a directory is given as input.
+REJECTS_SUFFIX = ".rejects.jsonl"
 #: Options accepted through **options, with defaults.
 DEFAULT_OPTIONS: dict[str, Any] = {
     # bfd: conversations sorted together; 10,000 x ~176 tokens (Dolly+OASST1 mean) = 1.8M tokens
@@ -53,7 +56,8 @@ def resolve_inputs(inputs: str | Path | list) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(p.glob("*.jsonl"))
+            # prepare writes OUT.rejects.jsonl next to OUT.jsonl: rejected raw lines, not conversations
+            found = sorted(f for f in p.glob("*.jsonl") if not f.name.endswith(REJECTS_SUFFIX))
             if not found:
                 raise BloomchatError("directory has no *.jsonl prepared files", where=str(p))
             files.extend(found)
@@ -116,7 +120,8 @@ def _encoded_chunks(files, tokenizer, num_proc: int, chunk_lines: int):
 
 
 def dev_side(key: str, seed: int, dev_ratio: float) -> bool:
-    """True when the record with this id goes to dev: a hash, so the same for any chunking."""
+    """True when the conversation with this key (`Encoded.split_key`, a digest of its tokens) goes
+    to dev: a hash, so the same for any chunking, and the same for every copy of a conversation."""
     if dev_ratio <= 0:
         return False
     h = hashlib.blake2b(f"{seed}\0{key}".encode("utf-8"), digest_size=8).digest()
@@ -214,7 +219,7 @@ def pack(inputs: str | Path | list, tokenizer, out_dir: str | Path, *, max_seq_l
                     continue
                 if r.trailing_prompt_tokens:
                     trailing_removed += 1
-                split = "dev" if dev_side(r.key, seed, dev_ratio) else "train"
+                split = "dev" if dev_side(r.split_key, seed, dev_ratio) else "train"
                 n = len(r.input_ids)
                 if n > max_seq_length:
                     overlong_convs += 1
