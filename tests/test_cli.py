@@ -40,3 +40,12 @@ def test_shipped_recipes_are_inside_the_package():
     for name in ("demo", "bloom-560m-lora", "bloomchat-176b"):
         path = shipped_recipe(name)
         assert "bloomchat" in path.parts and path.read_text().strip()
+
+
+def test_a_closed_pipe_is_not_an_error():
+    code = ("import argparse, sys\n"
+            "from bloomchat.cli import run_verb\n"
+            "def f(a):\n    raise BrokenPipeError\n"
+            "sys.exit(run_verb(argparse.Namespace(func=f, verb='pack-show')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr

@@ -68,3 +68,18 @@ def test_load_roundtrip_keeps_weights(tmp_path, tiny_tokenizer):
     assert tok.chat_template
     for (k, v) in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_uncached_hub_name_offline_fails_fast_with_a_clear_message(monkeypatch):
+    import bloomchat.models.loading as loading
+
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(BloomchatError, match="not in the local Hugging Face cache and the hub cannot be reached"):
+        load_tokenizer("no-such-org/no-such-model-xyz")
+    with pytest.raises(BloomchatError, match="not in the local Hugging Face cache"):
+        load_model("no-such-org/no-such-model-xyz")
+
+
+def test_a_tokenizer_file_instead_of_its_folder_is_named(micro_model_dir):
+    with pytest.raises(BloomchatError, match="got a file"):
+        load_tokenizer(micro_model_dir / "tokenizer.json")

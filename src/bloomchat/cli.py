@@ -65,6 +65,10 @@ def run_verb(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"bloomchat {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bloomchat pack-show ... | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
