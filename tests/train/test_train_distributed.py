@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +16,6 @@ from bloomchat.train import run_recipe
 from bloomchat.train.report import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -38,12 +32,15 @@ def test_two_processes_match_one_process(tmp_path, micro_model_dir, tiny_tokeniz
     one = run_recipe(write_recipe(tmp_path / "one.yaml", recipe("one")), progress=False)
     two_yaml = write_recipe(tmp_path / "two.yaml", recipe("two"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_DISABLE_RICH": "1"}
+    # exactly the user's command: the shipped config alone (it picks a free port itself)
     p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
                         "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
-                        "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
                         "-m", "bloomchat.train", str(two_yaml)],
                        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
+    # two processes really trained together (not two, or one, independent runs)
+    assert json.loads((tmp_path / "two" / "s" / "result.json").read_text())["processes"] == 2
+    assert p.stdout.count("final model:") == 1  # the summary comes from the main process only
     a = read_metrics(Path(one["stages"][0]["metrics"]))
     b = read_metrics(tmp_path / "two" / "s" / "metrics.jsonl")
     assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) == 9  # 4 steps x 2 epochs + dev

@@ -75,3 +75,25 @@ def test_fp16_on_cpu_is_refused(tmp_path, micro_model_dir, tiny_tokenizer):
     r = write_recipe(tmp_path / "r.yaml", _one_stage(micro_model_dir, shards, tmp_path / "out", precision="fp16"))
     with pytest.raises(BloomchatError, match="fp16 needs a GPU"):
         run_recipe(r, progress=False)
+
+
+def test_model_vocabulary_padded_beyond_the_tokenizer_is_accepted(tmp_path, tiny_tokenizer):
+    """Real BLOOM: a 250,680-token tokenizer and a 250,880-row embedding (padded for speed). The
+    rows past the tokenizer are never produced, so training must accept it -- only a tokenizer
+    *larger* than the embedding is refused (test above)."""
+    import json
+
+    from bloomchat.models import build_bloom, save_pretrained
+
+    padded = len(tiny_tokenizer) + 200
+    model_dir = save_pretrained(build_bloom("micro", vocab_size=padded, seed=0), tiny_tokenizer, tmp_path / "padded")
+    shards = write_shards(tmp_path / "sh", tiny_tokenizer, n_rows=4, seed=0)
+    recipe = _one_stage(model_dir, shards, "${out}")
+    res = run_recipe(write_recipe(tmp_path / "r.yaml", recipe), vars={"out": str(tmp_path / "out")}, progress=False)
+    model = res["final_model_dir"]
+    assert json.loads(open(f"{model}/config.json").read())["vocab_size"] == padded  # rows kept, not resized
+    from bloomchat.models import load_tokenizer
+
+    assert len(load_tokenizer(model)) == len(tiny_tokenizer)
+    # the card records the --set values the recipe's placeholders were filled with
+    assert f"`--set out={tmp_path / 'out'}`" in open(f"{model}/README.md").read()

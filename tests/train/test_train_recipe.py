@@ -60,6 +60,11 @@ def test_shipped_recipes_load(name, fake_sources):
         assert s1.lr > 1e-5  # random-init tiny model
     # relative paths resolve against the recipe's folder, not the working directory
     assert r.output_dir.is_absolute()
+    # each recipe also loads under the launcher its comments name: demo with cpu_2proc.yaml (2
+    # processes), the LoRA one with fsdp.yaml (8), the 176B one with deepspeed_zero3.yaml (128)
+    world = {"demo": 2, "bloom-560m-lora": 8, "bloomchat-176b": 128}[name]
+    rw = load_recipe(RECIPES / f"{name}.yaml", vars=fake_sources, world_size=world)
+    assert all(s.global_batch_size % (s.micro_batch_size * world) == 0 for s in rw.stages)
 
 
 def test_accelerate_configs_are_valid_yaml():
@@ -67,7 +72,7 @@ def test_accelerate_configs_are_valid_yaml():
 
     for f in ("deepspeed_zero3.yaml", "fsdp.yaml", "cpu_2proc.yaml"):
         cfg = yaml.safe_load((RECIPES / "accelerate" / f).read_text())
-        assert cfg["distributed_type"] in ("DEEPSPEED", "FSDP", "MULTI_CPU")
+        assert cfg["distributed_type"] in ("DEEPSPEED", "FSDP", "MULTI_GPU")
     ds = yaml.safe_load((RECIPES / "accelerate" / "deepspeed_zero3.yaml").read_text())
     assert ds["deepspeed_config"]["zero_stage"] == 3 and ds["num_processes"] == 128
 
@@ -184,3 +189,17 @@ def test_cli_error_is_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "r.yaml:2 base_model" in out.stderr
+
+
+def test_cli_refuses_a_set_the_recipe_does_not_use(tmp_path, micro_model_dir, packed_pair):
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["output_dir"] = "${out:-default-out}"
+    p = write_recipe(tmp_path / "r.yaml", r)
+    # a typo (otu for out) must not silently train into the default folder
+    out = subprocess.run([sys.executable, "-m", "bloomchat.train", str(p), "--set", f"otu={tmp_path}/x", "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "--set otu=" in out.stderr and "has: out" in out.stderr
+    ok = subprocess.run([sys.executable, "-m", "bloomchat.train", str(p), "--set", f"out={tmp_path}/x", "--dry-run"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and f"{tmp_path}/x/stage1/model" in ok.stdout

@@ -61,6 +61,10 @@ def test_two_stages_write_models_logs_and_cards(two_stage, micro_model_dir):
         assert "base_model:" in card and "| oig |" in card or "| dolly |" in card
         assert "| zh |" in card  # conversations per language
         assert "global_batch_size: 4" in card  # the recipe itself
+        # stage 2's model also saw stage 1's data: its card says so, with stage 1's counts
+        assert ("## Earlier stages" in card) == (s is s2)
+    card2 = (Path(s2["model_dir"]) / "README.md").read_text()
+    assert f"`stage1`: {s1['steps']} steps, {s1['tokens']} tokens" in card2 and "by source: oig " in card2
     # loss goes down over the two stages (lr 3e-3 on a micro model)
     first = read_metrics(Path(s1["metrics"]))[0]["loss"]
     assert s2["final_loss"] < first

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from bloomchat.errors import BloomchatError
@@ -26,11 +27,32 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _check_sets(recipe_path: str, sets: dict[str, str]) -> None:
+    """A --set name the recipe never uses is a typo: with `${out:-default}` it would silently
+    leave the default in place (e.g. 2 TB of checkpoints written somewhere unintended)."""
+    from pathlib import Path
+
+    from bloomchat.train.recipe import _VAR_RE
+
+    p = Path(recipe_path).expanduser()
+    if not p.is_file():
+        return  # load_recipe reports the missing file
+    used = {m.group(1) for m in _VAR_RE.finditer(p.read_text(encoding="utf-8"))}
+    for name in sets:
+        if name not in used:
+            raise BloomchatError(f"--set {name}=...: the recipe has no ${{{name}}} placeholder (it has: "
+                                 f"{', '.join(sorted(used)) or 'none'})", where=str(p))
+
+
 def run(args) -> int:
     from bloomchat.train import run_recipe
 
-    result = run_recipe(args.recipe, vars=_parse_sets(args.set), resume=args.resume, dry_run=args.dry_run)
+    sets = _parse_sets(args.set)
+    _check_sets(args.recipe, sets)
+    result = run_recipe(args.recipe, vars=sets, resume=args.resume, dry_run=args.dry_run)
     if args.dry_run:
+        if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: the plan once, not per process
+            return 0
         print(json.dumps({k: v for k, v in result.items() if k != "text"}, indent=1) if args.json else result["text"])
         return 0
     from accelerate import PartialState

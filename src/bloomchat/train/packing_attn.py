@@ -140,6 +140,9 @@ def uninstall_packed_attention(model) -> None:
 
 
 def _output_head(model):
+    # DDP and DeepSpeed wrap the model (`.module`) and do not forward get_output_embeddings
+    while not hasattr(model, "get_output_embeddings") and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         raise TypeError(f"{type(model).__name__} has no output embeddings (lm_head)")

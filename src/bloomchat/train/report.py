@@ -92,8 +92,31 @@ def plot_loss(metrics_path: Path, png: Path, title: str) -> Path | None:
     return png
 
 
+def earlier_stages(recipe, idx: int) -> list[dict[str, Any]]:
+    """The finished stages a stage's weights descend from (init_from chain), oldest first, each
+    with its result and training-split counts: the stage-2 card must say the model also saw OIG."""
+    names = [s.name for s in recipe.stages]
+    chain, i = [], idx
+    while True:
+        src = recipe.stages[i].init_from
+        if src == "previous" and i > 0:
+            i -= 1
+        elif src in names[:i]:
+            i = names.index(src)
+        else:
+            break
+        res_path = recipe.stage_dir(recipe.stages[i]) / "result.json"
+        if not res_path.exists():
+            break
+        res = json.loads(res_path.read_text(encoding="utf-8"))
+        stats_path = Path(res.get("shards", "")) / "stats.json"
+        stats = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {}
+        chain.append({"result": res, "split": (stats.get("split") or {}).get("train", stats)})
+    return chain[::-1]
+
+
 def model_card(*, recipe, stage, data_stats: dict, prepare_summary: dict | None,
-               result: dict) -> str:
+               result: dict, lineage: list[dict[str, Any]] | None = None) -> str:
     """README.md of a stage's model: what it was trained from, on what, how, and how well."""
     split = (data_stats.get("split") or {}).get("train", data_stats)
     by_source = split.get("by_source") or {}
@@ -140,5 +163,18 @@ def model_card(*, recipe, stage, data_stats: dict, prepare_summary: dict | None,
         lines += ["Preparation (`bloomchat.data.prepare`) summary:", "", "```json",
                   json.dumps({k: prepare_summary[k] for k in keep if k in prepare_summary}, indent=1, default=str),
                   "```", ""]
+    if lineage:
+        lines += ["## Earlier stages", "", f"`{st.name}` continues from the weights of these stages (in order):", ""]
+        for e in lineage:
+            r, sp = e["result"], e["split"]
+            loss = f"{r['final_loss']:.4f}" if r.get("final_loss") is not None else "-"
+            srcs = ", ".join(f"{k} {v}" for k, v in sorted((sp.get("by_source") or {}).items(), key=lambda kv: -kv[1]))
+            langs = ", ".join(f"{k} {v}" for k, v in sorted((sp.get("by_lang") or {}).items(), key=lambda kv: -kv[1]))
+            lines += [f"- `{r['name']}`: {r['steps']} steps, {r['tokens']} tokens ({r['loss_tokens']} loss tokens), "
+                      f"final loss {loss}; {sp.get('conversations', '?')} conversations by source: {srcs or '-'}; "
+                      f"by language: {langs or '-'}"]
+        lines += [""]
     lines += ["## Recipe", "", "```yaml", recipe_text.rstrip(), "```", ""]
+    if recipe.vars:
+        lines += ["Placeholders filled with: " + " ".join(f"`--set {k}={v}`" for k, v in sorted(recipe.vars.items())), ""]
     return "\n".join(x for x in lines if x is not None) + "\n"

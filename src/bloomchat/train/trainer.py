@@ -27,8 +27,8 @@ from bloomchat.train.checkpoint import latest_checkpoint, load_checkpoint, save_
 from bloomchat.train.data import PackedSplit, Schedule, collate
 from bloomchat.train.packing_attn import install_packed_attention, is_bloom, packed_forward, uninstall_packed_attention
 from bloomchat.train.plan import format_plan, make_plan
-from bloomchat.train.recipe import Recipe, Stage, load_recipe
-from bloomchat.train.report import MetricsLog, model_card, plot_loss, read_metrics
+from bloomchat.train.recipe import Recipe, Stage, load_recipe, world_size_from_env
+from bloomchat.train.report import MetricsLog, earlier_stages, model_card, plot_loss, read_metrics
 from bloomchat.train.stage_data import ensure_packed
 
 _MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -66,12 +66,22 @@ def _make_accelerator(recipe: Recipe):
 
     if recipe.precision == "fp16" and not torch.cuda.is_available():
         raise BloomchatError("precision fp16 needs a GPU; use bf16 or fp32 on CPU", where=f"{recipe.path} precision")
+    # Several processes (accelerate launch / torchrun set WORLD_SIZE) but no GPU: join them over
+    # gloo on the CPU. Without cpu=True accelerate finds no device to distribute over and every
+    # process would train alone, all writing the same output folder.
+    cpu = world_size_from_env() > 1 and not _has_gpu()
     try:
-        return Accelerator(mixed_precision=_MIXED[recipe.precision])
+        return Accelerator(mixed_precision=_MIXED[recipe.precision], cpu=cpu)
     except ValueError:
         # a second recipe in the same process with another precision: start the state afresh
         AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=_MIXED[recipe.precision])
+        return Accelerator(mixed_precision=_MIXED[recipe.precision], cpu=cpu)
+
+
+def _has_gpu() -> bool:
+    """A device accelerate can distribute over (CUDA, XPU, ...); Apple's MPS cannot."""
+    acc = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+    return acc is not None and acc.type != "mps"
 
 
 def _load_base(src: str, tokenizer, gradient_checkpointing: bool):
@@ -334,7 +344,7 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
               "metrics": str(sd / "metrics.jsonl"), "loss_plot": str(sd / "loss.png"),
               "checkpoints": str(ckpt_root), "shards": str(shards)}
     card = model_card(recipe=recipe, stage=stage, data_stats=data_stats, prepare_summary=prep_summary,
-                      result=result)
+                      result=result, lineage=earlier_stages(recipe, idx))
     _export(accelerator, model, tokenizer, recipe, sd, card)
     if accelerator.is_main_process:
         plot_loss(sd / "metrics.jsonl", sd / "loss.png", f"{recipe.name} / {stage.name}")
