@@ -203,3 +203,16 @@ def test_cli_refuses_a_set_the_recipe_does_not_use(tmp_path, micro_model_dir, pa
     ok = subprocess.run([sys.executable, "-m", "bloomchat.train", str(p), "--set", f"out={tmp_path}/x", "--dry-run"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and f"{tmp_path}/x/stage1/model" in ok.stdout
+
+
+def test_one_stage_of_a_recipe_needs_only_its_own_placeholders(tmp_path):
+    for name in ("oasst1.jsonl", "dolly.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    vars_ = {"oasst1": str(tmp_path / "oasst1.jsonl"), "dolly": str(tmp_path / "dolly.jsonl")}
+    with pytest.raises(BloomchatError, match=r"\$\{oig\}"):
+        load_recipe(RECIPES / "bloomchat-176b.yaml", vars=vars_)
+    r = load_recipe(RECIPES / "bloomchat-176b.yaml", vars=vars_, only_stage="stage2-oasst1-dolly")
+    assert [s.name for s in r.stages] == ["stage2-oasst1-dolly"]
+    assert r.stages[0].data.prepare.get("filters") is False  # BLOOMChat's texts exactly
+    with pytest.raises(BloomchatError, match="no stage named 'nope'.*stage1-oig, stage2-oasst1-dolly"):
+        load_recipe(RECIPES / "bloomchat-176b.yaml", vars=vars_, only_stage="nope")

@@ -102,7 +102,7 @@ def _recipe_sources(args) -> dict:
         if not eq or not name.strip():
             raise BloomchatError(f"--set expects NAME=VALUE, got {item!r}")
         vars_[name.strip()] = value
-    recipe = load_recipe(args.recipe, vars=vars_)
+    recipe = load_recipe(args.recipe, vars=vars_, only_stage=args.stage)
     stages = [s for s in recipe.stages if s.data.is_raw]
     if args.stage is not None:
         stages = [s for s in recipe.stages if s.name == args.stage]

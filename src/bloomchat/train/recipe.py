@@ -351,8 +351,12 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def load_recipe(path: str | Path, *, vars: dict[str, str] | None = None, world_size: int | None = None) -> Recipe:
-    """Read and validate a recipe; every problem is a BloomchatError naming the key and line."""
+def load_recipe(path: str | Path, *, vars: dict[str, str] | None = None, world_size: int | None = None,
+                only_stage: str | None = None) -> Recipe:
+    """Read and validate a recipe; every problem is a BloomchatError naming the key and line.
+
+    `only_stage` keeps just that stage (as a first stage, from the base): `bloomchat prepare
+    --recipe --stage` then needs only that stage's placeholders and files."""
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise BloomchatError("recipe file not found", where=str(path))
@@ -362,6 +366,13 @@ def load_recipe(path: str | Path, *, vars: dict[str, str] | None = None, world_s
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise BloomchatError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+    if only_stage is not None and isinstance(raw, dict) and isinstance(raw.get("stages"), list):
+        kept = [st for st in raw["stages"] if isinstance(st, dict) and st.get("name") == only_stage]
+        if not kept:
+            names = ", ".join(str(st.get("name")) for st in raw["stages"] if isinstance(st, dict))
+            raise BloomchatError(f"no stage named {only_stage!r} (stages: {names})", where=str(path))
+        kept[0].pop("init_from", None)
+        raw["stages"] = kept
     return recipe_from_dict(raw, base=path.parent, path=path, vars=vars, world_size=world_size)
 
 
