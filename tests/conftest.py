@@ -69,3 +69,18 @@ def micro_model_dir(tmp_path_factory, tiny_tokenizer):
     model = build_bloom("micro", vocab_size=len(tiny_tokenizer), seed=0)
     save_pretrained(model, tiny_tokenizer, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's chromium for Playwright browser tests: skipped when absent, a failure under CI=true
+    (.ci/run installs it, so a missing browser there is a broken set-up, not a reason to skip)."""
+    import shutil
+
+    path = os.environ.get("BLOOMCHAT_CHROMIUM", "/usr/bin/chromium")
+    if not (shutil.which(path) or os.path.exists(path)):
+        msg = f"chromium not installed at {path} (apt-get install chromium)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path

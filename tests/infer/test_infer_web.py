@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 
 import httpx
@@ -13,7 +12,6 @@ import pytest
 from bloomchat.infer.server import BackgroundServer, create_app
 from infer_helpers import scripted_chat_model
 
-CHROMIUM = os.environ.get("BLOOMCHAT_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 EVIL = (' Here is **bold** and `code`:\n```python\nprint("<b>hi</b>")\n```\n'
         '<script>window.__xss=1</script><img src=x onerror="window.__xss=2"> '
@@ -21,13 +19,11 @@ EVIL = (' Here is **bold** and `code`:\n```python\nprint("<b>hi</b>")\n```\n'
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
-        pytest.skip(f"chromium not installed at {CHROMIUM}")
+def browser(chromium_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        b = p.chromium.launch(executable_path=chromium_path, args=ARGS, headless=True)
         yield b
         b.close()
 
