@@ -83,3 +83,13 @@ def test_uncached_hub_name_offline_fails_fast_with_a_clear_message(monkeypatch):
 def test_a_tokenizer_file_instead_of_its_folder_is_named(micro_model_dir):
     with pytest.raises(BloomchatError, match="got a file"):
         load_tokenizer(micro_model_dir / "tokenizer.json")
+
+
+def test_a_training_stage_folder_points_to_its_model(tmp_path, micro_model_dir):
+    import shutil
+
+    stage = tmp_path / "stage2"
+    shutil.copytree(micro_model_dir, stage / "model")
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(BloomchatError, match=r"training stage folder.*stage2/model"):
+            load(stage)

@@ -28,6 +28,8 @@ def _check_exists(name_or_path: str | Path, what: str) -> str:
     if p.is_file():
         raise BloomchatError(f"expected a {what} directory in Hugging Face layout, got a file "
                              f"(give the folder that holds it)", where=s)
+    if p.is_dir() and not (p / "config.json").exists() and (p / "model" / "config.json").exists():
+        raise BloomchatError(f"this is a training stage folder, not a model: the {what} is in {p / 'model'}", where=s)
     if p.exists() and p.is_dir() and not (p / "config.json").exists() and what == "model":
         raise BloomchatError("not a Hugging Face model directory (no config.json)", where=s)
     return str(p) if p.exists() else s
