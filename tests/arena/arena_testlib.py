@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SYSTEMS = ("alpha", "beta", "gamma")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from collections import Counter
 
 import pytest
 from fastapi.testclient import TestClient
@@ -154,3 +152,16 @@ def test_overlap_sends_pairs_to_a_second_rater(arena_db):
         agree = client.get("/api/results", headers=_h(admin)).json()["agreement"]["zh"]
     # with overlap 1.0 every one of B's pairs is one A already rated
     assert agree["pairs"] == 5 and agree["ratings"] == 10
+
+
+def test_export_for_one_language_holds_only_its_votes(arena, tmp_path):
+    import json
+
+    from bloomchat.arena.report import write_all
+
+    client, tok, db = arena
+    _vote_all(client, tok["li"], lambda p: "left")
+    _vote_all(client, tok["marie"], lambda p: "right")
+    doc = write_all(db, tmp_path / "fr", "seed", ["fr"])
+    votes = [json.loads(x) for x in (tmp_path / "fr" / "votes.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert votes and {v["lang"] for v in votes} == {"fr"} and len(votes) == doc["votes"]

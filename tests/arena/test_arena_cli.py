@@ -95,3 +95,19 @@ def test_errors_are_one_line_exit_2(tmp_path, dbfile, argv, message, monkeypatch
     assert rc == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bloomchat arena: error:") and re.search(message, lines[0]), err
+
+
+def test_folder_whose_files_reuse_ids_imports_whole(tmp_path, dbfile):
+    # like LLM Zoo's folder: en100.jsonl and questions-en.jsonl both number different English prompts 1, 2, ...
+    folder = tmp_path / "eval_prompts_zoo"
+    folder.mkdir()
+    write_jsonl(folder / "en100.jsonl", [{"id": 1, "query": "How are you?"}, {"id": 2, "query": "Deal with pressure?"}])
+    write_jsonl(folder / "questions-en.jsonl", [{"question_id": 1, "text": "How are you?"},
+                                                {"question_id": 2, "text": "Deal with stress?"}])
+    r = cli("import-prompts", "--db", dbfile, folder)
+    assert r.returncode == 0, r.stderr
+    assert "2 added" in r.stdout.splitlines()[0] and "2 added" in r.stdout.splitlines()[1]
+    assert "zoo.questions-en" in r.stderr
+    # re-running adds nothing and still succeeds
+    r = cli("import-prompts", "--db", dbfile, folder)
+    assert r.returncode == 0 and r.stdout.count("0 added, 2 already present") == 2, r.stderr

@@ -65,3 +65,11 @@ def test_replies_import_idempotent_conflict_and_replace(arena_db, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt_id": "t/zh/1", "system": "", "reply": "x"}])
     with pytest.raises(BloomchatError, match=r"bad\.jsonl:1 system: 'system' must be"):
         import_replies(arena_db, bad)
+
+
+@pytest.mark.parametrize("url", ["nonsense://x", "postgres://u@127.0.0.1:1/db"])
+def test_unusable_database_url_is_one_clear_error(url):
+    from bloomchat.arena.db import Database
+
+    with pytest.raises(BloomchatError, match="cannot use this database kind"):
+        Database(url)

@@ -91,3 +91,16 @@ def test_lang_blocks_split_bare_strings(tmp_path):
         ("strings/en/1", "hi"), ("strings/en/2", "bye"), ("strings/fr/1", "salut"), ("strings/fr/2", "au revoir")]
     with pytest.raises(BloomchatError, match="equal language blocks"):
         load_prompt_file(f, lang_blocks=["en", "fr", "de"])
+
+
+def test_records_without_ids_are_numbered_by_line(tmp_path):
+    # BELLE eval_set.json: {"question", "std_answer", "class"} lines and no id at all
+    f = write_jsonl(tmp_path / "eval_set.json", [{"question": "写一首诗", "std_answer": "", "class": "generation"},
+                                                 {"question": "1+1=?", "std_answer": "2", "class": "math"}])
+    items = load_prompt_file(f, lang="zh")
+    assert [(i.key, i.category) for i in items] == [("eval_set/zh/1", "generation"), ("eval_set/zh/2", "math")]
+
+
+def test_belle_eval_set_imports(shared_data):
+    items = load_prompt_file(shared_data("belle_eval_set_zh", "eval_set.json"))
+    assert len(items) == 1000 and {i.lang for i in items} == {"zh"} and len({i.key for i in items}) == 1000

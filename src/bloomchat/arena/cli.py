@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from bloomchat.errors import BloomchatError
@@ -53,7 +54,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_import_prompts(args) -> int:
-    from bloomchat.arena.prompt_sets import UnsupportedLayout, load_prompt_file, prompt_files
+    from bloomchat.arena.prompt_sets import UnsupportedLayout, default_set_name, load_prompt_file, prompt_files
     from bloomchat.arena.store import import_prompts
 
     if args.ranked_top is not None and args.ranked_top < 2:
@@ -61,16 +62,26 @@ def cmd_import_prompts(args) -> int:
     db = _db(args)
     for path in args.paths:
         files = prompt_files(path)
+        seen: dict[str, list] = {}  # prompt id -> turns, over the files of this folder
         for f in files:
+            def load(set_name):
+                return load_prompt_file(f, lang=args.lang, set_name=set_name, ranked_prefix=args.ranked_replies,
+                                        ranked_top=args.ranked_top, lang_blocks=_langs(args.lang_blocks) or None)
             try:
-                items = load_prompt_file(f, lang=args.lang, set_name=args.set, ranked_prefix=args.ranked_replies,
-                                         ranked_top=args.ranked_top,
-                                         lang_blocks=_langs(args.lang_blocks) or None)
+                items = load(args.set)
+                if args.set is None and any(seen.get(i.key, i.turns) != i.turns for i in items):
+                    # Two files of one folder number different prompts alike (LLM Zoo's en100.jsonl and
+                    # questions-en.jsonl): the later file's prompts get the file name in their set.
+                    items = load(f"{default_set_name(f)}.{re.sub(r'[^A-Za-z0-9_.-]+', '_', f.stem)}")
+                    print(f"{f.name}: its ids clash with another file of {f.parent}; set {items[0].set_name!r}",
+                          file=sys.stderr)
             except UnsupportedLayout as e:
                 if len(files) == 1:
                     raise
                 print(f"skipped {f.name}: {e}", file=sys.stderr)
                 continue
+            for i in items:
+                seen.setdefault(i.key, i.turns)
             ps, rs = import_prompts(db, items, str(f))
             langs = sorted({i.lang for i in items})
             msg = f"{f}: prompts {ps} ({', '.join(langs)})"

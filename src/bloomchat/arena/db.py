@@ -23,7 +23,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from bloomchat.errors import BloomchatError
@@ -177,7 +177,11 @@ class Database:
 
     def __init__(self, db: str | None = None, *, migrate_schema: bool = True):
         self.url = resolve_url(db)
-        self.engine = make_engine(self.url)
+        try:
+            self.engine = make_engine(self.url)
+        except (NoSuchModuleError, ImportError) as e:  # "postgres://", "mysql://" without its driver, typos
+            raise BloomchatError(f"cannot use this database kind: {e} (SQLite paths and postgresql+psycopg2:// URLs "
+                                 f"work out of the box)", where=_safe_url(self.url)) from None
         try:
             if migrate_schema:
                 migrate(self.engine)

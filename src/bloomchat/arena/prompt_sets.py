@@ -109,7 +109,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
 
 def _turns_from_record(rec: dict, where: str) -> tuple[str, list[dict[str, str]], str | None]:
     """(local id, turns, category) of one JSONL record in any of the object layouts."""
-    category = rec.get("category") or rec.get("label")
+    category = rec.get("category") or rec.get("label") or rec.get("class")
     rid = rec.get("id", rec.get("question_id"))
     if isinstance(rec.get("turns"), list) and rec["turns"] and all(isinstance(t, str) for t in rec["turns"]):
         if len(rec["turns"]) > 1:
@@ -140,9 +140,8 @@ def _turns_from_record(rec: dict, where: str) -> tuple[str, list[dict[str, str]]
         turns = [{"role": "human", "text": text}]
     if not turns or turns[-1]["role"] != "human" or not turns[-1]["text"].strip():
         raise BloomchatError("the prompt must end with a non-empty human turn", where=where)
-    if rid is None:
-        raise BloomchatError("no 'id' (or 'question_id') field", where=where)
-    return str(rid), turns, (str(category) if category is not None else None)
+    # No id (BELLE eval_set.json): the caller numbers the record by its line, stable for one file.
+    return (str(rid) if rid is not None else None), turns, (str(category) if category is not None else None)
 
 
 def load_prompt_file(
@@ -178,6 +177,11 @@ def load_prompt_file(
         rid, turns, cat = _turns_from_record(rec, where)
         rec_lang = rec.get("lang")
         parsed.append((where, rid, turns, cat, check_lang(rec_lang, where + " lang") if rec_lang else None))
+    missing = [p[0] for p in parsed if p[1] is None]
+    if missing and len(missing) < len(parsed):
+        raise BloomchatError("no 'id' (or 'question_id') field, while other records have one", where=missing[0])
+    if missing:  # no record has an id (BELLE eval_set.json): number them by line, stable for one file
+        parsed = [(w, w.rsplit(":", 1)[1], *rest) for w, _rid, *rest in parsed]
     if file_lang is None and any(p[4] is None for p in parsed):
         file_lang = detect_lang([p[2][-1]["text"] for p in parsed], str(path))
     items = []

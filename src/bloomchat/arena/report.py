@@ -61,14 +61,15 @@ def pairs_csv(doc: dict) -> str:
     return buf.getvalue()
 
 
-def votes_rows(db: Database) -> list[dict]:
-    """Every vote with its prompt and the revealed sides, for the raw export (admins only)."""
+def votes_rows(db: Database, langs: list[str] | None = None) -> list[dict]:
+    """Every vote (in `langs`, when given) with its prompt and the revealed sides, for the raw export (admins only)."""
     with db.Session() as s:
-        rows = s.execute(
-            select(Assignment, Prompt.key, Prompt.lang, Rater.name)
-            .join(Prompt, Prompt.id == Assignment.prompt_id).join(Rater, Rater.id == Assignment.rater_id)
-            .where(Assignment.outcome.is_not(None)).order_by(Assignment.id)
-        ).all()
+        q = (select(Assignment, Prompt.key, Prompt.lang, Rater.name)
+             .join(Prompt, Prompt.id == Assignment.prompt_id).join(Rater, Rater.id == Assignment.rater_id)
+             .where(Assignment.outcome.is_not(None)).order_by(Assignment.id))
+        if langs:
+            q = q.where(Prompt.lang.in_(langs))
+        rows = s.execute(q).all()
     out = []
     for a, key, lang, rater in rows:
         winner = {"lo": a.system_lo, "hi": a.system_hi}.get(a.outcome)
@@ -205,7 +206,7 @@ def write_all(db: Database, out: str | Path, rule: str = "seed", langs: list[str
     doc = results(db, rule, langs)
     (out / "results.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
     (out / "results.csv").write_text(pairs_csv(doc), encoding="utf-8")
-    votes = votes_rows(db)
+    votes = votes_rows(db, langs)  # the same votes as results.json
     with (out / "votes.csv").open("w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(votes[0]) if votes else ["vote_id"], lineterminator="\n")
         w.writeheader()
