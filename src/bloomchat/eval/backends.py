@@ -374,12 +374,3 @@ class InferGeneration:
             self._chat.close()
             self._chat = None
 
-
-def infer_available() -> bool:
-    """Whether the serving stage (with its guards) is installed alongside."""
-    try:
-        import bloomchat.infer.guards  # noqa: F401
-        import bloomchat.infer.chat_model  # noqa: F401
-    except ImportError:
-        return False
-    return True

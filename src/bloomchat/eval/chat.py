@@ -208,10 +208,8 @@ class ChatTask(EvalTask):
         if self.guards is None:
             return backend
         if self._gen is None or self._gen.base is not backend:
-            from bloomchat.eval.backends import InferGeneration, infer_available
+            from bloomchat.eval.backends import InferGeneration
 
-            if not infer_available():
-                raise BloomchatError("--guards needs bloomchat.infer (the serving stage), which is not installed")
             self._gen = InferGeneration(backend, guards=self.guards == "on")
         return self._gen
 
