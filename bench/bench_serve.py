@@ -3,7 +3,7 @@
     python bench/bench_serve.py                               # tiny and small-50m, random init, CPU
     python bench/bench_serve.py --presets tiny --tokens 32    # quicker
     python bench/bench_serve.py --model out/stage2            # a trained model instead of random ones
-    python bench/bench_serve.py --skip-int8 --device cuda     # on a GPU
+    python bench/bench_serve.py --device cuda --presets tiny small-50m bloom-560m   # on a GPU (bf16)
 
 For 1, 4, 8 and 16 concurrent streaming clients (each sends one chat request at the same moment,
 over real HTTP to uvicorn on 127.0.0.1) it measures total completion tokens/s and mean time to
@@ -18,9 +18,11 @@ exactly --tokens tokens (EOS and stop texts are disabled so both do the same wor
 Goals from the issue: >= 4x the baseline's tokens/s at 8 clients; TTFT at 8 clients <= 1.5x the
 single-client TTFT.
 
-int8: tokens/s of fp32 vs dynamic int8 (one stream and a batch of 8), and the quality change:
-mean KL(fp32 || int8) of next-token distributions, top-1 agreement and perplexity, on Dolly
-responses (../shared/data) or built-in sentences when that data is absent.
+int8: tokens/s of the reference vs int8 (one stream and a batch of 8), and the quality change:
+mean KL(reference || int8) of next-token distributions, top-1 agreement and perplexity, on Dolly
+responses (../shared/data) or built-in sentences when that data is absent. On CPU the reference is
+fp32 and int8 is torch's dynamic quantisation; on a GPU the reference is bf16 and int8 is
+bitsandbytes LLM.int8() (with the memory each takes), as `serve --quantize int8` chooses.
 
 Writes runs/bench_serve/results.json and results.png (or --out DIR).
 """
@@ -74,11 +76,14 @@ def corpus(n: int = 2000) -> list[str]:
 
 
 def build(preset: str, texts: list[str], device: str):
+    """A random-init preset with a 16k BPE tokenizer; bf16 on a GPU (what `serve` loads there)."""
     from bloomchat.models import build_bloom, train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(texts, vocab_size=16000)  # the presets' parameter counts assume 16k
-    model = build_bloom(preset, vocab_size=len(tok)).to(device).eval()
-    return model, tok
+    model = build_bloom(preset, vocab_size=len(tok))
+    if device.startswith("cuda"):
+        model = model.to(torch.bfloat16)
+    return model.to(device).eval(), tok
 
 
 class _TokenStreamer:
@@ -164,6 +169,9 @@ async def one_client(client: httpx.AsyncClient, url: str, model: str, i: int, to
 
 async def load(url: str, model: str, clients: int, tokens: int) -> dict:
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+        # open the connections first (keep-alive, as a gateway or a chat front end holds them), so
+        # that time to first token measures the server, not TCP set-up in this client
+        await asyncio.gather(*[client.get(url + "/health") for _ in range(clients)])
         t0 = time.perf_counter()
         res = await asyncio.gather(*[one_client(client, url, model, i, tokens) for i in range(clients)])
         wall = time.perf_counter() - t0
@@ -214,18 +222,35 @@ def bench_serving(pool, model, tok, name: str, levels: list[int], tokens: int) -
     return out
 
 
-def bench_int8(model, tok, texts: list[str], tokens: int) -> dict:
-    """Speed and quality of dynamic int8 against the fp32 model it came from (CPU)."""
+def _int8_pair(model, tok, device: str):
+    """(reference, int8) models and their labels: fp32 vs dynamic int8 on CPU; bf16 vs
+    bitsandbytes LLM.int8() on a GPU, loaded from a saved copy as `serve --quantize int8` does."""
     import copy
+    import tempfile
 
-    from bloomchat.infer.loading import quantize_dynamic_int8
+    from bloomchat.infer.loading import _load_bnb_int8, quantize_dynamic_int8
+    from bloomchat.models import load_model, save_pretrained
 
-    fp32 = copy.deepcopy(model).cpu().float().eval()
-    int8 = quantize_dynamic_int8(copy.deepcopy(fp32)).eval()
-    res = {}
+    if not device.startswith("cuda"):
+        ref = copy.deepcopy(model).cpu().float().eval()
+        return ("fp32", ref), ("int8", quantize_dynamic_int8(copy.deepcopy(ref)).eval())
+    with tempfile.TemporaryDirectory() as d:
+        save_pretrained(model, tok, d)
+        ref = load_model(d, dtype="bf16", device=device).eval()
+        return ("bf16", ref), ("int8-bnb", _load_bnb_int8(d, device).eval())
+
+
+def bench_int8(model, tok, texts: list[str], tokens: int, device: str = "cpu") -> dict:
+    """Speed and quality of int8 against the model it came from (see `_int8_pair`)."""
+    (ref_label, ref), (q_label, q) = _int8_pair(model, tok, device)
+    dev = next(ref.parameters()).device
+    res = {"reference": ref_label, "quantized": q_label,
+           "memory_mb": {ref_label: round(ref.get_memory_footprint() / 2**20, 1),
+                         q_label: round(q.get_memory_footprint() / 2**20, 1)}
+           if device.startswith("cuda") else {}}  # torch's dynamic int8 keeps weights outside parameters
     p = GenerationParams(max_new_tokens=tokens, seed=0)
     msgs = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(8)]
-    for label, m in (("fp32", fp32), ("int8", int8)):
+    for label, m in ((ref_label, ref), (q_label, q)):
         cm = _NoStopChatModel(m, tok, name=label)
         cm.reply(msgs[0], p.replace(max_new_tokens=4))  # warm-up
         t = time.perf_counter()
@@ -236,25 +261,25 @@ def bench_int8(model, tok, texts: list[str], tokens: int) -> dict:
         batch = 8 * tokens / (time.perf_counter() - t)
         cm.close()
         res[label] = {"tokens_per_s_1": round(single, 1), "tokens_per_s_8": round(batch, 1)}
-    kls, agree, nll = [], [], {"fp32": [], "int8": []}
+    kls, agree, nll = [], [], {ref_label: [], q_label: []}
     with torch.inference_mode():
         for text in texts[:64]:
-            ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :256]
+            ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :256].to(dev)
             if ids.shape[1] < 2:
                 continue
-            la = fp32(ids).logits[0, :-1].float().log_softmax(-1)
-            lb = int8(ids).logits[0, :-1].float().log_softmax(-1)
+            la = ref(ids).logits[0, :-1].float().log_softmax(-1)
+            lb = q(ids).logits[0, :-1].float().log_softmax(-1)
             kls.append(float((la.exp() * (la - lb)).sum(-1).mean()))
             agree.append(float((la.argmax(-1) == lb.argmax(-1)).float().mean()))
             tgt = ids[0, 1:]
-            nll["fp32"].append(float(-la.gather(1, tgt[:, None]).mean()))
-            nll["int8"].append(float(-lb.gather(1, tgt[:, None]).mean()))
-    res["quality"] = {"texts": len(kls), "mean_kl_fp32_int8": round(statistics.mean(kls), 5),
+            nll[ref_label].append(float(-la.gather(1, tgt[:, None]).mean()))
+            nll[q_label].append(float(-lb.gather(1, tgt[:, None]).mean()))
+    res["quality"] = {"texts": len(kls), "mean_kl_ref_int8": round(statistics.mean(kls), 5),
                       "top1_agreement": round(statistics.mean(agree), 4),
-                      "perplexity_fp32": round(math.exp(statistics.mean(nll["fp32"])), 2),
-                      "perplexity_int8": round(math.exp(statistics.mean(nll["int8"])), 2)}
-    res["speedup_1"] = round(res["int8"]["tokens_per_s_1"] / res["fp32"]["tokens_per_s_1"], 2)
-    res["speedup_8"] = round(res["int8"]["tokens_per_s_8"] / res["fp32"]["tokens_per_s_8"], 2)
+                      "perplexity_ref": round(math.exp(statistics.mean(nll[ref_label])), 2),
+                      "perplexity_int8": round(math.exp(statistics.mean(nll[q_label])), 2)}
+    res["speedup_1"] = round(res[q_label]["tokens_per_s_1"] / res[ref_label]["tokens_per_s_1"], 2)
+    res["speedup_8"] = round(res[q_label]["tokens_per_s_8"] / res[ref_label]["tokens_per_s_8"], 2)
     return res
 
 
@@ -316,7 +341,7 @@ def main(argv=None) -> int:
         results["serving"][name] = bench_serving(pool, model, tok, name, args.clients, args.tokens)
         results["serving"][name]["params_m"] = round(n_params / 1e6, 1)
         if not args.skip_int8:
-            results["int8"][name] = bench_int8(model, tok, texts, args.tokens)
+            results["int8"][name] = bench_int8(model, tok, texts, args.tokens, args.device)
             print(f"  int8: {results['int8'][name]}", flush=True)
     pool.close()
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
@@ -335,9 +360,10 @@ def main(argv=None) -> int:
             print(f"{name}: goal >= 4x baseline tokens/s at 8 clients: x{at8['throughput_vs_baseline']} ({ok_tp}); "
                   f"goal TTFT at 8 <= 1.5x single-client: x{at8['ttft_vs_single_client']} ({ok_tt})")
     for name, r in results["int8"].items():
-        print(f"{name} int8: speed x{r['speedup_1']} (1 stream), x{r['speedup_8']} (8); "
-              f"KL {r['quality']['mean_kl_fp32_int8']}, top-1 agreement {r['quality']['top1_agreement']}, "
-              f"perplexity {r['quality']['perplexity_fp32']} -> {r['quality']['perplexity_int8']}")
+        print(f"{name} {r['quantized']} vs {r['reference']}: speed x{r['speedup_1']} (1 stream), x{r['speedup_8']} (8); "
+              f"KL {r['quality']['mean_kl_ref_int8']}, top-1 agreement {r['quality']['top1_agreement']}, "
+              f"perplexity {r['quality']['perplexity_ref']} -> {r['quality']['perplexity_int8']}, "
+              f"memory MB {r['memory_mb']}")
     print(f"\nwrote {out / 'results.json'} and {out / 'results.png'}")
     return 0
 

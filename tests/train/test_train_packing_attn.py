@@ -185,3 +185,15 @@ def test_sdpa_kernel_matches_eager_in_gradients_and_leaves_generation_alone():
     plain = m.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=3)
     install_packed_attention(m, kernel="sdpa")
     assert torch.equal(m.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=3), plain)
+
+
+@pytest.mark.parametrize("heads,want", [
+    (4, [2**-2, 2**-4, 2**-6, 2**-8]),
+    (8, [2.0**-k for k in range(1, 9)]),
+    # not a power of two: the 4 slopes of 4 heads, then odd powers of the 8-head base (ALiBi paper)
+    (6, [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]),
+])
+def test_alibi_slopes_follow_the_paper(heads, want):
+    from bloomchat.train.packing_attn import alibi_slopes
+
+    torch.testing.assert_close(alibi_slopes(heads, "cpu"), torch.tensor(want), rtol=1e-6, atol=0)

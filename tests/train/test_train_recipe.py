@@ -77,6 +77,39 @@ def test_accelerate_configs_are_valid_yaml():
     assert ds["deepspeed_config"]["zero_stage"] == 3 and ds["num_processes"] == 128
 
 
+def _launch_env(config: Path) -> dict[str, str]:
+    """The environment `accelerate launch --config_file CONFIG` gives the training processes
+    (the steps of accelerate.commands.launch.launch_command, without starting anything)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config), "-m", "bloomchat.train", "r.yaml"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        return prepare_deepspeed_cmd_env(args)[1]
+    return prepare_multi_gpu_env(args)
+
+
+def test_accelerate_configs_give_settings_accelerator_accepts(monkeypatch):
+    """Found on a GPU: `gradient_accumulation_steps: auto` in the DeepSpeed config reached
+    Accelerator() as ACCELERATE_GRADIENT_ACCUMULATION_STEPS=auto, which it cannot parse."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    env = _launch_env(RECIPES / "accelerate" / "deepspeed_zero3.yaml")
+    assert env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").isdigit()
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
+    for k, v in env.items():
+        if k.startswith("ACCELERATE_"):
+            monkeypatch.setenv(k, v)
+    plugin = DeepSpeedPlugin()  # what Accelerator() builds from that environment
+    zero = plugin.deepspeed_config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"] is True
+    fsdp = _launch_env(RECIPES / "accelerate" / "fsdp.yaml")
+    assert fsdp["ACCELERATE_USE_FSDP"] == "true" and fsdp["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "BloomBlock"
+    assert fsdp.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").isdigit()
+
+
 def _base(tmp_path, micro_model_dir, packed_pair):
     return micro_recipe(micro_model_dir, tmp_path / "out", packed_pair["s1"], packed_pair["s2"])
 

@@ -65,16 +65,24 @@ def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return mask[:, None]
 
 
+def alibi_slopes(num_heads: int, device) -> torch.Tensor:
+    """BLOOM's per-head ALiBi slopes, read off transformers' own `build_alibi_tensor` (the bias at
+    position 1 is the slope), so they follow whatever transformers computes in every version
+    (5.17 inlines the formula; 5.24 has a private helper)."""
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    ones = torch.ones(1, 2, dtype=torch.long, device=device)
+    return build_alibi_tensor(ones, num_heads, torch.float32)[:, 0, 1]
+
+
 def _packed_alibi(self, attention_mask: torch.Tensor, num_heads: int, dtype: torch.dtype) -> torch.Tensor:
     """ALiBi with positions counted from each conversation's start (see module docstring)."""
     if attention_mask.ndim != 4:
         return type(self).build_alibi_tensor(self, attention_mask, num_heads, dtype)
-    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
-
     b = attention_mask.shape[0]
     # keys visible to token j = its position within its conversation + 1 (padding: itself only)
     pos = (attention_mask[:, 0] == 0).sum(-1) - 1  # (B, L)
-    slopes = _get_alibi_slopes(num_heads, attention_mask.device)
+    slopes = alibi_slopes(num_heads, attention_mask.device)
     alibi = slopes[None, :, None].float() * pos[:, None, :].float()  # (B, H, L)
     return alibi.reshape(b * num_heads, 1, -1).to(dtype)
 

@@ -84,11 +84,18 @@ def _has_gpu() -> bool:
     return acc is not None and acc.type != "mps"
 
 
+def _embedding_rows(model) -> int:
+    """Rows of the input embedding; under DeepSpeed ZeRO-3 the local tensor is an empty shard and
+    the full shape is kept in `ds_shape`."""
+    w = model.get_input_embeddings().weight
+    return int(getattr(w, "ds_shape", w.shape)[0])
+
+
 def _load_base(src: str, tokenizer, gradient_checkpointing: bool):
     from bloomchat.models import load_model
 
     model = load_model(src, dtype="float32")
-    vocab = model.get_input_embeddings().weight.shape[0]
+    vocab = _embedding_rows(model)
     if len(tokenizer) > vocab:
         raise BloomchatError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}: "
                              "they do not belong together (set `tokenizer:` in the recipe to the model's own)",
@@ -233,7 +240,7 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
 
     set_seed(recipe.seed + idx)
     model = _load_base(init, tokenizer, recipe.gradient_checkpointing)
-    vocab = model.get_input_embeddings().weight.shape[0]
+    vocab = _embedding_rows(model)
     if train.stats.max_id >= vocab:
         raise BloomchatError(f"shards hold token id {train.stats.max_id}, outside the model's vocabulary of {vocab}",
                              where=str(shards))
