@@ -93,3 +93,29 @@ def test_a_training_stage_folder_points_to_its_model(tmp_path, micro_model_dir):
     for load in (load_model, load_tokenizer):
         with pytest.raises(BloomchatError, match=r"training stage folder.*stage2/model"):
             load(stage)
+
+
+def test_saved_layout_is_what_vllm_and_tgi_read(micro_model_dir):
+    """The names, shapes and config keys vLLM's BLOOM loader (vllm/model_executor/models/bloom.py)
+    reads: weights under `transformer.` (it adds the prefix where missing), `lm_head.weight` skipped
+    because the head is the tied input embedding, fused QKV of 3 x hidden rows; and the chat
+    template in tokenizer_config.json, which vLLM's and TGI's chat endpoints apply."""
+    import json
+
+    from safetensors import safe_open
+
+    cfg = json.loads((micro_model_dir / "config.json").read_text())
+    assert cfg["architectures"] == ["BloomForCausalLM"] and cfg["model_type"] == "bloom"
+    assert cfg.get("tie_word_embeddings", True) is True  # vLLM has no separate head to load for BLOOM
+    hidden, layers = cfg["hidden_size"], cfg["n_layer"]
+    block = ["input_layernorm", "self_attention.query_key_value", "self_attention.dense",
+             "post_attention_layernorm", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"]
+    want = {f"transformer.{m}.{p}" for m in ("word_embeddings_layernorm", "ln_f") for p in ("weight", "bias")}
+    want |= {"transformer.word_embeddings.weight"}
+    want |= {f"transformer.h.{i}.{m}.{p}" for i in range(layers) for m in block for p in ("weight", "bias")}
+    with safe_open(str(micro_model_dir / "model.safetensors"), "pt") as f:
+        names = {n if n.startswith("transformer.") else "transformer." + n for n in f.keys()} - {"transformer.lm_head.weight"}
+        assert names == want
+        assert f.get_slice("transformer.h.0.self_attention.query_key_value.weight").get_shape() == [3 * hidden, hidden]
+    tok_cfg = json.loads((micro_model_dir / "tokenizer_config.json").read_text())
+    assert "<bot>:" in tok_cfg["chat_template"] and (micro_model_dir / "tokenizer.json").exists()

@@ -149,6 +149,23 @@ def test_collate_weights_follow_the_loss_mask():
     assert b["weights"].tolist() == [0.5, 1.0, 1.0, 1.0, 1.0]
 
 
+def test_rows_padded_to_a_multiple_give_the_same_loss(bloom):
+    """GPU training pads rows to a multiple of 64 (cuDNN attention plans per length): the extra
+    positions carry no loss and change no logit where loss is taken."""
+    g = np.random.default_rng(0)
+    row = _np_row(g.integers(5, 300, 37), [0] * 10 + [1] * 9 + [0] * 6 + [1] * 12, [1] * 19 + [2] * 18)
+    short = _np_row(g.integers(5, 300, 20), [0] * 8 + [1] * 12, [1] * 20)
+    exact = collate([row, short], pad_id=3, prompt_loss_weight=0.0)
+    padded = collate([row, short], pad_id=3, prompt_loss_weight=0.0, pad_to_multiple_of=16)
+    assert exact["input_ids"].shape[1] == 37 and padded["input_ids"].shape[1] == 48
+    assert torch.equal(padded["targets"], exact["targets"]) and torch.equal(padded["weights"], exact["weights"])
+    assert padded["tokens"] == exact["tokens"] and padded["loss_tokens"] == exact["loss_tokens"]
+    with torch.no_grad():
+        a = packed_forward(bloom, exact["input_ids"], exact["segment_ids"], exact["flat_index"])
+        b = packed_forward(bloom, padded["input_ids"], padded["segment_ids"], padded["flat_index"])
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
 def test_schedule_covers_every_row_once_per_epoch():
     s = Schedule(n_rows=37, global_batch=8, micro_batch=2, world_size=2, epochs=2, max_steps=None, seed=5)
     assert s.accum == 2 and s.steps_per_epoch == 5 and s.total_steps == 10

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from bloomchat.errors import BloomchatError
-from bloomchat.models.tokenizer import ensure_chat_template
+from bloomchat.models.tokenizer import ensure_chat_template, save_tokenizer
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
            "fp16": "float16", "float16": "float16", "auto": "auto"}
@@ -101,6 +101,5 @@ def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    ensure_chat_template(tokenizer)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     return out

@@ -68,8 +68,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def save_tokenizer(tokenizer, out_dir: str | Path) -> Path:
+    """Save in HF layout with the chat template inside tokenizer_config.json.
+
+    transformers 5 would write it to a separate chat_template.jinja, which TGI does not read (its
+    chat endpoint then answers "template not found": huggingface/text-generation-inference#3247);
+    transformers and vLLM read the template from either place.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ensure_chat_template(tokenizer)
-    tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out, save_jinja_files=False)
     return out

@@ -132,10 +132,21 @@ class Schedule:
         return rows[micro * self.world_size + rank::slots]
 
 
-def collate(rows: list[dict[str, np.ndarray]], *, pad_id: int, prompt_loss_weight: float) -> dict[str, torch.Tensor]:
-    """Pad to the longest row; weights mark predicted tokens (1 = bot token, prompt_loss_weight =
-    other), 0 for a conversation's first token (nothing before it in its conversation) and padding."""
+#: Row length multiple on a GPU. PyTorch's cuDNN attention builds an execution plan for each new
+#: sequence length (hundreds of ms), and packed rows padded only to the batch's longest row have a
+#: new length nearly every step: on an H200, 6 steps of small-50m ran at 12k tok/s against 62k
+#: with the eager kernel. Multiples of 64 leave at most 32 lengths up to 2048 and cost at most 63
+#: padding tokens a row (which attend only to themselves and carry no loss).
+GPU_PAD_MULTIPLE = 64
+
+
+def collate(rows: list[dict[str, np.ndarray]], *, pad_id: int, prompt_loss_weight: float,
+            pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Pad to the longest row (rounded up to `pad_to_multiple_of`); weights mark predicted tokens
+    (1 = bot token, prompt_loss_weight = other), 0 for a conversation's first token (nothing before
+    it in its conversation) and padding."""
     n = max(len(r["input_ids"]) for r in rows)
+    n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
     b = len(rows)
     ids = torch.full((b, n), pad_id, dtype=torch.long)
     seg = torch.zeros((b, n), dtype=torch.long)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bloomchat.errors import BloomchatError
 from bloomchat.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
-from bloomchat.train.data import PackedSplit, Schedule, collate
+from bloomchat.train.data import GPU_PAD_MULTIPLE, PackedSplit, Schedule, collate
 from bloomchat.train.packing_attn import install_packed_attention, is_bloom, packed_forward, uninstall_packed_attention
 from bloomchat.train.plan import format_plan, make_plan
 from bloomchat.train.recipe import Recipe, Stage, load_recipe, world_size_from_env
@@ -146,6 +146,12 @@ def _init_source(recipe: Recipe, idx: int, stage: Stage) -> str:
     return stage.init_from
 
 
+def _pad_multiple(device: torch.device) -> int:
+    """Row lengths a multiple of GPU_PAD_MULTIPLE on a GPU (few shapes for cuDNN attention's
+    plan cache); exact on CPU, where any length costs the same to set up."""
+    return GPU_PAD_MULTIPLE if device.type == "cuda" else 1
+
+
 def _pad_id(tokenizer) -> int:
     for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if t is not None:
@@ -156,7 +162,7 @@ def _pad_id(tokenizer) -> int:
 def _export(accelerator, model, tokenizer, recipe: Recipe, stage_dir: Path, card: str) -> Path:
     """Final model of the stage in HF layout, written to a temp dir and renamed into place."""
     from bloomchat.models import save_pretrained
-    from bloomchat.models.tokenizer import ensure_chat_template
+    from bloomchat.models.tokenizer import save_tokenizer
 
     sharded = accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
     state_dict = accelerator.get_state_dict(model) if sharded and recipe.method == "full" else None
@@ -172,8 +178,7 @@ def _export(accelerator, model, tokenizer, recipe: Recipe, stage_dir: Path, card
             if state_dict is not None:
                 tmp.mkdir(parents=True)
                 m.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-                ensure_chat_template(tokenizer)
-                tokenizer.save_pretrained(tmp)
+                save_tokenizer(tokenizer, tmp)
             else:
                 save_pretrained(m, tokenizer, tmp)
             (tmp / "README.md").write_text(card, encoding="utf-8")
@@ -194,8 +199,9 @@ def _dev_loss(model, split: PackedSplit, *, micro: int, pad_id: int, plw: float,
     n = len(split)
     tot = torch.zeros(2, dtype=torch.float64)
     for start in range(accelerator.process_index * micro, n, micro * accelerator.num_processes):
-        b = collate(split.rows(list(range(start, min(n, start + micro)))), pad_id=pad_id, prompt_loss_weight=plw)
         dev = accelerator.device
+        b = collate(split.rows(list(range(start, min(n, start + micro)))), pad_id=pad_id, prompt_loss_weight=plw,
+                    pad_to_multiple_of=_pad_multiple(dev))
         logits = packed_forward(model, b["input_ids"].to(dev), b["segment_ids"].to(dev), b["flat_index"].to(dev))
         ce = F.cross_entropy(logits.float(), b["targets"].to(dev), reduction="none")
         tot += torch.tensor([float((ce * b["weights"].to(dev)).sum()), float(b["weights"].sum())], dtype=torch.float64)
@@ -300,7 +306,8 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
         for micro in range(sched.accum):
             slot = sched.slot_rows(rows, micro, rank)
             dummy = len(slot) == 0  # a short last batch: this process still joins the gradient sync
-            b = collate(train.rows(list(slot if not dummy else rows[:1])), pad_id=pad_id, prompt_loss_weight=plw)
+            b = collate(train.rows(list(slot if not dummy else rows[:1])), pad_id=pad_id, prompt_loss_weight=plw,
+                        pad_to_multiple_of=_pad_multiple(dev_))
             with accelerator.accumulate(model):
                 logits = packed_forward(model, b["input_ids"].to(dev_), b["segment_ids"].to(dev_),
                                         b["flat_index"].to(dev_), bloom=bloom)
