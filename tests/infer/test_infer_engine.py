@@ -208,3 +208,20 @@ def test_infer_rejection_top_p_sampling_has_the_warper_distribution(top_p):
     freq = torch.bincount(draws, minlength=12).float() / n
     assert torch.all(freq[want == 0] == 0)  # never outside the nucleus
     assert torch.allclose(freq, want, atol=0.01)
+
+
+def test_infer_inverse_cdf_draws_follow_the_probabilities_and_skip_zeros():
+    from bloomchat.infer.engine import _multinomial
+
+    # zero-probability tokens at the start, in the middle and at the end must never be drawn
+    p = torch.tensor([0.0, 0.1, 0.0, 0.0, 0.6, 0.3, 0.0])
+    n = 30000
+    draws = _multinomial(p.repeat(n, 1), [None] * n)
+    freq = torch.bincount(draws, minlength=7).float() / n
+    assert torch.all(freq[p == 0] == 0)
+    assert torch.allclose(freq, p, atol=0.01)
+    # seeded rows: the same seeds draw the same tokens; different seeds draw different ones
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(64)]  # noqa: E731
+    a = _multinomial(p.repeat(64, 1), gens())
+    b = _multinomial(p.repeat(64, 1), gens())
+    assert torch.equal(a, b) and len(set(a.tolist())) > 1

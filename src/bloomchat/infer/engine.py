@@ -131,15 +131,22 @@ TOP_P_REJECTION_ROUNDS = 8
 
 
 def _multinomial(probs: torch.Tensor, gens: list) -> torch.Tensor:
-    """One draw per row; rows with their own generator (a seed) draw from it."""
-    out = torch.empty(len(gens), dtype=torch.long, device=probs.device)
-    free = [j for j, g in enumerate(gens) if g is None]
-    if free:
-        out[free] = torch.multinomial(probs[free], 1)[:, 0]
-    for j, g in enumerate(gens):
-        if g is not None:
-            out[j] = torch.multinomial(probs[j], 1, generator=g)[0]
-    return out
+    """One draw per row by inverse CDF: the first token whose cumulative mass exceeds u * total,
+    u ~ U[0, 1). Rows with their own generator (a seed) draw their u from it.
+
+    Why not `torch.multinomial`: for 8 rows of 16k probabilities it took 2.0 ms on CPU, 40% of a
+    decoding step (cProfile); it draws a random number per vocabulary entry. One uniform and a
+    cumulative sum per row take 0.1 ms. The distribution test in tests/infer checks the result."""
+    cdf = probs.cumsum(dim=-1)
+    u = torch.empty((probs.shape[0], 1), dtype=cdf.dtype, device=probs.device)
+    if all(g is None for g in gens):
+        u.uniform_()
+    else:
+        for j, g in enumerate(gens):
+            u[j].uniform_(generator=g)
+    # cdf[:, -1] (not a separate sum) bounds u * total, so some token's cdf always exceeds it;
+    # right=True steps over zero-probability tokens, whose cdf equals their predecessor's
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 
 def sample_top_p(probs: torch.Tensor, top_p: torch.Tensor, gens: list) -> torch.Tensor:
