@@ -63,8 +63,8 @@ def test_gpu_defaults_to_bf16_and_streams_concurrently(micro_model_dir):
         got = _submit_all(cm, PROMPTS * 4, params)
         assert all(len(ids) > 0 for ids in got)
         assert cm.engine.max_rows_seen >= 8
-        # a seeded request gives the same reply alone as inside a batch of others? Not in bf16:
-        # batch shape changes the kernels' rounding. It must give the same reply twice alone.
+        # in bf16 the batch's shape changes the kernels' rounding, so a seeded reply is compared
+        # with itself alone, not with the same request inside a batch
         a = cm.reply(PROMPTS[1], params)
         b = cm.reply(PROMPTS[1], params)
         assert a == b
