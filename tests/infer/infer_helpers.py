@@ -7,6 +7,15 @@ from types import SimpleNamespace
 
 import torch
 
+#: Chats the engine tests run: English, Chinese, a multi-turn French/Spanish one, Vietnamese.
+CHATS = [
+    [{"role": "user", "content": "Hello, how are you?"}],
+    [{"role": "user", "content": "你好，请介绍一下北京。"}],
+    [{"role": "user", "content": "Bonjour"}, {"role": "assistant", "content": "Très bien"},
+     {"role": "user", "content": "¿Dónde está la biblioteca?"}],
+    [{"role": "user", "content": "Xin chào"}],
+]
+
 
 class ScriptedLM(torch.nn.Module):
     """Writes `script` (token ids) after any prompt, then repeats its last entry.

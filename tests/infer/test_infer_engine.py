@@ -11,15 +11,10 @@ import torch
 from bloomchat.errors import BloomchatError
 from bloomchat.infer import GenerationParams, load_chat_model
 from bloomchat.infer.engine import Event
-from infer_helpers import scripted_chat_model
+from infer_helpers import CHATS, scripted_chat_model
 
 GREEDY = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
-PROMPTS = [
-    [{"role": "user", "content": "Hello, how are you?"}],
-    [{"role": "user", "content": "你好，请介绍一下北京。"}],
-    [{"role": "user", "content": "Bonjour"}, {"role": "assistant", "content": "Très bien"},
-     {"role": "user", "content": "¿Dónde está la biblioteca?"}],
-]
+PROMPTS = CHATS[:3]
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +220,28 @@ def test_infer_inverse_cdf_draws_follow_the_probabilities_and_skip_zeros():
     a = _multinomial(p.repeat(64, 1), gens())
     b = _multinomial(p.repeat(64, 1), gens())
     assert torch.equal(a, b) and len(set(a.tolist())) > 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_infer_incremental_detokenization_equals_decoding_the_whole_reply(tiny_tokenizer, seed):
+    """At every step the streamed text equals decoding all reply tokens, up to a character still
+    waiting for its next bytes (Chinese/Arabic/Hindi split across byte-level tokens, random ids)."""
+    from types import SimpleNamespace
+
+    from bloomchat.infer.engine import BatchEngine, _Seq
+
+    tok = tiny_tokenizer
+    g = torch.Generator().manual_seed(seed)
+    text = "你好，请介绍一下北京。مرحبا، كيف حالك؟ नमस्ते Olá, tudo bem? def add(a, b): return a + b"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids += torch.randint(0, len(tok), (200,), generator=g).tolist()  # arbitrary byte soup too
+    eng = SimpleNamespace(tokenizer=tok)
+    s = _Seq(rid=1, prompt_ids=[], params=GenerationParams(), sink=lambda ev: None, stop_texts=())
+    for t in ids:
+        s.ids.append(t)
+        BatchEngine._detokenize(eng, s)
+        full = tok.decode(s.ids, skip_special_tokens=True)
+        assert full.startswith(s.text)
+        if not full.endswith("\ufffd"):
+            assert s.text == full
+    assert s.read_from > 0  # it really decoded only a window

@@ -12,18 +12,13 @@ import pytest
 import torch
 
 from bloomchat.infer import GenerationParams, load_chat_model
+from infer_helpers import CHATS
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 GREEDY = GenerationParams(temperature=0, repetition_penalty=1.2, max_new_tokens=16)
-PROMPTS = [
-    [{"role": "user", "content": "Hello, how are you?"}],
-    [{"role": "user", "content": "你好，请介绍一下北京。"}],
-    [{"role": "user", "content": "Bonjour"}, {"role": "assistant", "content": "Très bien"},
-     {"role": "user", "content": "¿Dónde está la biblioteca?"}],
-    [{"role": "user", "content": "Xin chào"}],
-]
+PROMPTS = CHATS
 
 
 def _hf_greedy(cm, msgs, n):

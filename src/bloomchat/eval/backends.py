@@ -1,22 +1,30 @@
 """Where replies and log-likelihoods come from: a local HF model, or an OpenAI-compatible server.
 
 Every task talks to a `Backend` (generate a batch of chats; score a batch of continuations), so
-switching to `bloomchat.infer`'s engine, vLLM or TGI is a change here only.
+switching to vLLM or TGI is a change here only.
 
-Local generation: the chat template (`<human>: ...\\n<bot>:`), left padding so a batch ends
-aligned at the prompt, `model.generate`, stopped at EOS or at the next `<human>:` tag.
+Local generation goes through `bloomchat.infer`'s ChatModel and continuous-batching engine, the
+same code `bloomchat chat` and `bloomchat serve` answer with: prompt ids built segment by segment
+as in training (each earlier bot reply followed by EOS), the engine's decoding (greedy equals
+transformers' greedy token for token), stopped at EOS or at the next `<human>:` tag. Eval keeps
+only what is its own: `GenParams` (the settings record written into results and the resume key,
+converted to infer's GenerationParams in `GenParams.for_chat`), a sampling seed per chat (from its
+content, so a resumed run samples alike), and the rule that a prompt longer than the context minus
+max_new_tokens is cut from the left (`fit_prompt`). Scoring (`loglik`) is one forward pass here.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol, Sequence
 
 from bloomchat.chat_format import HUMAN_TAG
 from bloomchat.errors import BloomchatError
+from bloomchat.infer.params import SAMPLING_VERSION, GenerationParams
 
 #: A reply ends where the model starts writing the user's next turn.
 STOP_STRINGS: tuple[str, ...] = (HUMAN_TAG,)
@@ -24,7 +32,8 @@ STOP_STRINGS: tuple[str, ...] = (HUMAN_TAG,)
 
 @dataclass(frozen=True)
 class GenParams:
-    """Decoding settings; temperature 0 means greedy (translation, reproducible evaluation)."""
+    """Eval's decoding settings (serialised into results.json and the resume key); temperature 0
+    means greedy. `seed` is a base: each chat samples with its own seed from it (`chat_seed`)."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -34,6 +43,31 @@ class GenParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self, where: str = "generation params") -> "GenParams":
+        """The checks of infer's GenerationParams (one place), plus an integer base seed."""
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise BloomchatError(f"seed must be an integer (got {self.seed!r})", where=where)
+        GenerationParams(**self.to_dict()).validate(where)  # the values as given, top_p too under greedy
+        return self
+
+    def _infer(self, seed: int) -> GenerationParams:
+        greedy = self.temperature == 0
+        return GenerationParams(temperature=self.temperature, top_p=1.0 if greedy else self.top_p,
+                                repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens,
+                                seed=seed, stop=STOP_STRINGS)
+
+    def for_chat(self, chat: Sequence[dict]) -> GenerationParams:
+        """The one conversion to infer's GenerationParams: this chat's own seed (also under greedy,
+        where only a guard's resampling uses it), stopped at the next `<human>:`."""
+        return self._infer(seed=chat_seed(chat, self.seed))
+
+
+def chat_seed(chat: Sequence[dict], seed: int) -> int:
+    """Sampling seed of one chat from its content: the same chat samples alike in any batch and in
+    a resumed run; different chats draw different noise."""
+    key = repr([dict(m) for m in chat]).encode("utf-8")
+    return (seed * 1_000_003 + zlib.crc32(key)) % (2**31)
 
 
 #: BLOOMChat's published inference settings (temperature 0.8, top_p 0.9, repetition penalty 1.2,
@@ -69,9 +103,27 @@ def cut_reply(text: str) -> str:
     return text.strip()
 
 
-def _seed_for(chats: Sequence[list[dict]], seed: int) -> int:
-    """Sampling seed from the batch's content, so a resumed run samples the same batches alike."""
-    return (seed * 1_000_003 + zlib.crc32(repr(chats[0]).encode("utf-8"))) % (2**31)
+def fit_prompt(ids: Sequence[int], context: int, max_new_tokens: int, where: str = "prompt") -> list[int]:
+    """The prompt's last `context - max_new_tokens` ids: a longer one is cut from the left, so the
+    reply always has room for max_new_tokens (the turns nearest the question are kept)."""
+    keep = context - max_new_tokens
+    if keep <= 0:
+        raise BloomchatError(f"max_new_tokens {max_new_tokens} leaves no room for the prompt in the "
+                             f"model's context of {context} tokens", where=where)
+    return list(ids[-keep:])
+
+
+def reply_from_event(ev) -> Reply:
+    """A Reply from an engine's (or endpoint's) final Event; `final_text` is the whole reply."""
+    return Reply(text=cut_reply(ev.final_text or ""), new_tokens=ev.completion_tokens,
+                 hit_limit=ev.finish_reason == "length", finish_reason=ev.finish_reason)
+
+
+#: Recorded in describe() (so in results.json and the resume key): replies made by another
+#: generation path (eval's own `model.generate` before) or seeding (one seed for all chats before)
+#: are never mixed into a resumed run.
+GENERATION = f"bloomchat.infer ChatModel, sampling v{SAMPLING_VERSION}"
+SEEDS = "per chat (GenParams.for_chat)"
 
 
 @dataclass
@@ -82,9 +134,11 @@ class HFBackend:
     dtype: str = "auto"  # bf16 on a GPU, float32 on CPU (CPU bf16 matmuls are slower)
     device: str | None = None
     max_length: int = 2048  # BLOOMChat's training length; longer inputs are cut from the left
+    max_batch_size: int = 16  # rows the engine decodes together (the CLI passes --batch-size)
     name: str = "hf"
     _model: object = field(default=None, repr=False)
     _tok: object = field(default=None, repr=False)
+    _chat: object = field(default=None, repr=False)
 
     def __post_init__(self):
         if self._model is None:  # resolved now, so results and the resume key name the real dtype
@@ -115,9 +169,11 @@ class HFBackend:
         self._takes_position_ids = "position_ids" in inspect.signature(self._model.forward).parameters
 
     @classmethod
-    def from_loaded(cls, model, tokenizer, name_or_path: str = "<in memory>", max_length: int = 2048):
+    def from_loaded(cls, model, tokenizer, name_or_path: str = "<in memory>", max_length: int = 2048,
+                    max_batch_size: int = 16):
         """Wrap an already loaded model (benchmarks, tests, the demo) without reloading it."""
-        b = cls(model_path=name_or_path, max_length=max_length, _model=model.eval(), _tok=tokenizer)
+        b = cls(model_path=name_or_path, max_length=max_length, max_batch_size=max_batch_size,
+                _model=model.eval(), _tok=tokenizer)
         b.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         b.device = str(next(model.parameters()).device)
         b._fit_context()
@@ -125,52 +181,35 @@ class HFBackend:
 
     def describe(self) -> dict:
         return {"backend": "hf", "model": self.model_path, "dtype": self.dtype, "device": self.device,
-                "max_length": self.max_length}
+                "max_length": self.max_length, "generation": GENERATION, "seeds": SEEDS}
 
     # -- generation -------------------------------------------------------------------------
-    def generate(self, chats: Sequence[list[dict]], params: GenParams) -> list[Reply]:
-        import torch
+    def chat_model(self):
+        """The ChatModel (engine) over this backend's weights, made once and shared by plain and
+        guarded generation."""
+        with _CHAT_LOCK:
+            if self._chat is None:
+                from bloomchat.infer.chat_model import ChatModel
 
-        model, tok = self._load()
+                model, tok = self._load()
+                self._chat = ChatModel(model, tok, name=str(self.model_path), max_batch_size=self.max_batch_size,
+                                       context=self.max_length)
+            return self._chat
+
+    def generate(self, chats: Sequence[list[dict]], params: GenParams) -> list[Reply]:
+        """All chats submitted to the engine at once (it batches them), each with its own seed."""
         if not chats:
             return []
-        texts = tok.apply_chat_template([list(c) for c in chats], add_generation_prompt=True, tokenize=False)
-        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        keep = self.max_length - params.max_new_tokens
-        if keep <= 0:
-            raise BloomchatError(f"max_new_tokens {params.max_new_tokens} leaves no room for the prompt "
-                                 f"in max_length {self.max_length}")
-        ids = [x[-keep:] for x in ids]
-        input_ids, mask = _left_pad(ids, tok.pad_token_id)
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        eos = tok.eos_token_id
-        kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos,
-                      stop_strings=list(STOP_STRINGS), tokenizer=tok,
-                      repetition_penalty=params.repetition_penalty)
-        if params.temperature > 0:
-            torch.manual_seed(_seed_for(chats, params.seed))
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-        new = out[:, input_ids.shape[1]:].tolist()
-        replies = []
-        for row in new:
-            n = len(row)
-            ended = False
-            for j, t in enumerate(row):
-                if t == eos:
-                    n, ended = j, True
-                    break
-            raw = tok.decode(row[:n], skip_special_tokens=True)
-            text = cut_reply(raw)
-            stopped = ended or any(s in raw for s in STOP_STRINGS)
-            if not stopped:  # trailing pads after a stop string are cut above; count real tokens
-                while n and row[n - 1] == tok.pad_token_id:
-                    n -= 1
-            replies.append(Reply(text=text, new_tokens=n, hit_limit=not stopped and n >= params.max_new_tokens))
-        return replies
+        cm = self.chat_model()
+        prompts = [fit_prompt(cm.prompt_ids(c), cm.context, params.max_new_tokens, where=f"chat {i}")
+                   for i, c in enumerate(chats)]
+        events = cm.generate_ids(prompts, [params.for_chat(c) for c in chats])
+        return [reply_from_event(ev) for ev in events]
+
+    def close(self) -> None:
+        """Stop the engine thread (the weights stay loaded; a later generate starts it again)."""
+        if self._chat is not None:
+            self._chat.close()
 
     # -- log-likelihood ---------------------------------------------------------------------
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -221,6 +260,9 @@ class HFBackend:
         return out
 
 
+_CHAT_LOCK = threading.Lock()
+
+
 def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int):
     import torch
 
@@ -250,7 +292,8 @@ class OpenAIBackend:
     name: str = "openai"
 
     def describe(self) -> dict:
-        return {"backend": "openai", "model": self.model, "base_url": self.base_url, "concurrency": self.concurrency}
+        return {"backend": "openai", "model": self.model, "base_url": self.base_url, "concurrency": self.concurrency,
+                "seeds": SEEDS}
 
     def _client(self):
         from openai import OpenAI
@@ -265,13 +308,13 @@ class OpenAIBackend:
         client = self._client()
 
         def one(chat):
+            gp = params.for_chat(chat)  # the per-chat seed local generation uses: bloomchat serve samples alike
             extra = {}
-            if params.repetition_penalty != 1.0:
-                extra["repetition_penalty"] = params.repetition_penalty  # vLLM / TGI / bloomchat serve
+            if gp.repetition_penalty != 1.0:
+                extra["repetition_penalty"] = gp.repetition_penalty  # vLLM / TGI / bloomchat serve
             r = client.chat.completions.create(
-                model=self.model, messages=list(chat), max_tokens=params.max_new_tokens,
-                temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
-                seed=params.seed, extra_body=extra or None)
+                model=self.model, messages=list(chat), max_tokens=gp.max_new_tokens,
+                temperature=gp.temperature, top_p=gp.top_p, seed=gp.seed, extra_body=extra or None)
             choice = r.choices[0]
             n = getattr(r.usage, "completion_tokens", None) if r.usage else None
             return Reply(text=cut_reply(choice.message.content or ""), new_tokens=n,
@@ -287,6 +330,9 @@ class OpenAIBackend:
             raise BloomchatError(f"endpoint answered HTTP {e.status_code}: {str(e.message)[:200]}",
                                  where=self.base_url) from None
 
+    def close(self) -> None:  # nothing held open: a client is made per generate call
+        pass
+
     def loglik(self, pairs):  # noqa: ARG002 - same signature as HFBackend.loglik
         raise BloomchatError("multiple-choice scoring needs log-likelihoods, which a chat endpoint does not "
                              "give: run --task mc with a local model (--backend hf)", where="--backend openai")
@@ -294,9 +340,10 @@ class OpenAIBackend:
 
 def make_backend(model: str, *, backend: str = "hf", dtype: str = "auto", device: str | None = None,
                  base_url: str | None = None, api_key: str | None = None, concurrency: int = 8,
-                 max_length: int = 2048):
+                 max_length: int = 2048, max_batch_size: int = 16):
     if backend == "hf":
-        return HFBackend(model_path=model, dtype=dtype, device=device, max_length=max_length)
+        return HFBackend(model_path=model, dtype=dtype, device=device, max_length=max_length,
+                         max_batch_size=max_batch_size)
     if backend == "openai":
         if not base_url:
             raise BloomchatError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
@@ -304,73 +351,85 @@ def make_backend(model: str, *, backend: str = "hf", dtype: str = "auto", device
     raise BloomchatError(f"unknown backend {backend!r}; use hf or openai", where="--backend")
 
 
-class InferGeneration:
-    """Generation through `bloomchat.infer` (the served engine), with or without its guards.
+class _FittedChat:
+    """A ChatModel whose prompts are cut from the left like HFBackend.generate's (`fit_prompt`),
+    for the guards, which ask their backend for `stream_events(messages, params)`."""
 
-    Used when chat behaviour is measured with guards: both arms (guards off / on) then go
-    through the same engine and the same per-prompt seeds, so they differ only in the guards.
-    Over a local model it shares the weights already loaded by HFBackend; over an endpoint it
-    uses infer's OpenAI client. Each request gets its own GuardStats, so the guard events of
-    every reply are recorded with it.
+    def __init__(self, chat_model):
+        self.chat_model = chat_model
+        self.name = chat_model.name
+
+    def stream_events(self, messages, params: GenerationParams):
+        ids = fit_prompt(self.chat_model.prompt_ids(messages), self.chat_model.context, params.max_new_tokens)
+        return self.chat_model.stream_ids(ids, params)
+
+
+class InferGeneration:
+    """Chat generation measured with guards off / on (`--guards`), through `bloomchat.infer`.
+
+    Both arms use the same engine and the same per-chat seeds, so they differ only in the guards.
+    Over a local model, guards off is HFBackend.generate itself and guards on wraps the backend's
+    ChatModel in infer's GuardedChat; over an endpoint both use infer's OpenAI client (the guards
+    run client side). Each request gets its own GuardStats, so every reply carries its guard events.
     """
 
     def __init__(self, backend, guards: bool, max_batch_size: int = 16):
         self.base, self.guards, self.max_batch_size = backend, guards, max_batch_size
-        self._chat = None
+        self._client = None  # infer's OpenAI client (endpoint backends only; ours to close)
 
     def _chat_backend(self):
-        if self._chat is None:
-            if isinstance(self.base, HFBackend):
-                from bloomchat.infer.chat_model import ChatModel
-
-                model, tok = self.base._load()
-                self._chat = ChatModel(model, tok, name=str(self.base.model_path), max_batch_size=self.max_batch_size,
-                                       context=self.base.max_length)
-            elif isinstance(self.base, OpenAIBackend):
+        if isinstance(self.base, HFBackend):
+            return _FittedChat(self.base.chat_model())
+        if isinstance(self.base, OpenAIBackend):
+            if self._client is None:
                 from bloomchat.infer.client import OpenAIChatClient
 
-                self._chat = OpenAIChatClient(self.base.base_url, model=self.base.model, api_key=self.base.api_key,
-                                              max_concurrency=self.base.concurrency)
-            else:
-                raise BloomchatError(f"guards need a local model or an OpenAI endpoint, not {self.base.name}")
-        return self._chat
+                self._client = OpenAIChatClient(self.base.base_url, model=self.base.model, api_key=self.base.api_key,
+                                                max_concurrency=self.base.concurrency)
+            return self._client
+        raise BloomchatError(f"guards need a local model or an OpenAI endpoint, not {self.base.name}")
 
     def describe(self) -> dict:
         return {**self.base.describe(), "engine": "bloomchat.infer", "guards": self.guards}
 
     def generate(self, chats: Sequence[list[dict]], params: GenParams) -> list[Reply]:
         from bloomchat.infer.guards import GuardConfig, GuardedChat, GuardStats
-        from bloomchat.infer.params import GenerationParams
 
+        if not chats:
+            return []
         chat = self._chat_backend()
+        if not self.guards and isinstance(self.base, HFBackend):
+            return self.base.generate(chats, params)
 
         def one(messages):
-            gp = GenerationParams(temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
-                                  repetition_penalty=params.repetition_penalty, max_new_tokens=params.max_new_tokens,
-                                  seed=_seed_for([messages], params.seed), stop=STOP_STRINGS)
             stats = GuardStats() if self.guards else None
             target = GuardedChat(chat, GuardConfig(), stats) if self.guards else chat
             pieces, final = [], None
-            for ev in target.stream_events(list(messages), gp):
+            for ev in target.stream_events(list(messages), params.for_chat(messages)):
                 if ev.text:
                     pieces.append(ev.text)
                 if ev.done:
                     final = ev
-            if final is not None and final.finish_reason == "error":
+            if final is None:
+                raise RuntimeError("generation ended without a final event")
+            if final.finish_reason == "error":
                 raise RuntimeError(f"generation failed: {final.error}")
-            r = Reply(text=cut_reply("".join(pieces)),
-                      new_tokens=final.completion_tokens if final else None,
-                      hit_limit=bool(final and final.finish_reason == "length"))
+            # a guard that ended the reply itself (a loop cut, moderation) gives the whole reply as
+            # final_text and cannot say how many tokens the engine had made: new_tokens None then
+            guard_ended = final.final_text is not None or final.finish_reason == "content_filter"
+            text = final.final_text if final.final_text is not None else "".join(pieces)
+            r = reply_from_event(replace(final, final_text=text))
+            if guard_ended:
+                r.new_tokens = None
             if stats is not None:
                 r.guard_events = {k: v for k, v in stats.snapshot().items() if v and k != "requests"}
-                r.finish_reason = final.finish_reason if final else None
             return r
 
         with ThreadPoolExecutor(max_workers=max(1, min(len(chats), self.max_batch_size))) as pool:
             return list(pool.map(one, chats))
 
     def close(self) -> None:
-        if self._chat is not None and hasattr(self._chat, "close"):
-            self._chat.close()
-            self._chat = None
-
+        """Close the endpoint client made here (a local backend's engine belongs to the backend)."""
+        if self._client is not None and hasattr(self._client, "close"):
+            self._client.close()
+        self._client = None

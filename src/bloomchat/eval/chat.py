@@ -12,11 +12,12 @@ Definitions (per reply; an example's value is the mean over its turns):
     hit_limit   generation stopped by max_new_tokens rather than by EOS (often a loop).
 
 Decoding: BLOOMChat's served settings by default (temperature 0.8, top_p 0.9, repetition
-penalty 1.2, 512 new tokens), measured as users meet the model; --greedy for argmax. Sampled
-batches are seeded from their content (the same batches sample alike; --greedy is exact).
-Guards (--guards off|on|both): replies through bloomchat.infer's engine without / with its
-guards (language resampling, loop cut, moderation); with both, the two arms share engine and
-per-prompt seeds, so the paired differences reported are what the guards change.
+penalty 1.2, 512 new tokens), measured as users meet the model, through the engine that serves
+it (bloomchat.infer); --greedy for argmax. Each chat samples with its own seed, from its content
+and --seed (a chat samples alike in any batch and in a resumed run; --greedy is exact).
+Guards (--guards off|on|both): replies without / with bloomchat.infer's guards (language
+resampling, loop cut, moderation); with both, the two arms share engine and per-chat seeds, so
+the paired differences reported are what the guards change.
 
 Prompt-set layouts (`--format`, detected per file; a folder means every .jsonl/.json in it):
     jsonl       objects with the prompt in "text" | "query" | "question" | "prompt" | "instruction"
@@ -187,8 +188,8 @@ class ChatTask(EvalTask):
     limit: int | None = None  # per language
     params: GenParams = field(default_factory=lambda: BLOOMCHAT_SAMPLING)
     degenerate_threshold: float = DEGENERATE_THRESHOLD
-    #: None: transformers generate, no guards. "off"/"on": through bloomchat.infer's engine
-    #: without/with its guards (language resampling, loop cut, moderation).
+    #: None: the backend's generate, no guards. "off"/"on": without/with bloomchat.infer's guards
+    #: (language resampling, loop cut, moderation); over a local model all three use infer's engine.
     guards: str | None = None
     name: str = ""
     kind: str = "chat"
@@ -283,7 +284,7 @@ class ChatTask(EvalTask):
                 "repetition": f"rep{REP_N} = 1 - distinct/total {REP_N}-grams (chars for zh/ja/th), "
                               f"degenerate if > {self.degenerate_threshold}",
                 "guards": self.guards or "none",
-                "engine": "transformers generate" if self.guards is None else "bloomchat.infer"}
+                "engine": "backend" if self.guards is None else "bloomchat.infer"}
 
 
 #: What the guards are meant to move, compared per language by paired bootstrap.

@@ -63,14 +63,15 @@ def add_parser(subparsers) -> None:
     mc.add_argument("--norm", default="sum", choices=["sum", "mean", "char", "byte"],
                     help="primary normalisation of option log-likelihoods (all four are reported)")
     mc.add_argument("--guards", choices=["off", "on", "both"],
-                    help="chat through bloomchat.infer's engine without / with its guards, or both "
-                         "(default: plain transformers generate)")
+                    help="chat without / with bloomchat.infer's guards, or both arms "
+                         "(default: no guards; a local model always generates through bloomchat.infer's engine)")
     g = p.add_argument_group("generation")
     g.add_argument("--greedy", action="store_true", help="chat: greedy instead of BLOOMChat's sampling")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
     g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="base sampling seed; each chat samples with its own seed from it "
+                                            "and its content (default 0)")
     g.add_argument("--max-new-tokens", type=int)
     b = p.add_argument_group("backend and run")
     b.add_argument("--backend", default="hf", choices=["hf", "openai"])
@@ -79,7 +80,9 @@ def add_parser(subparsers) -> None:
     b.add_argument("--concurrency", type=int, default=8, help="parallel requests with --backend openai")
     b.add_argument("--dtype", default="auto", help="float32, bf16, fp16; auto: bf16 on a GPU, float32 on CPU")
     b.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    b.add_argument("--batch-size", type=int, default=8, help="examples per batch (mc: all their options in one pass)")
+    b.add_argument("--batch-size", type=int, default=8,
+                   help="examples per batch (mc: all their options in one pass; generation: the rows the "
+                        "engine decodes together)")
     b.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0: none)")
     b.add_argument("--overwrite", action="store_true", help="start the named tasks again instead of resuming")
     b.add_argument("--no-progress", action="store_true")
@@ -111,12 +114,8 @@ def _gen_params(opts: dict, default, where: str):
     for k in ("temperature", "top_p", "repetition_penalty", "seed", "max_new_tokens"):
         if opts.get(k) is not None:
             p = replace(p, **{k: opts[k]})
-    if p.max_new_tokens < 1:
-        raise BloomchatError("max_new_tokens must be at least 1", where=where)
-    if p.temperature < 0 or not 0 < p.top_p <= 1 or p.repetition_penalty <= 0:
-        raise BloomchatError("need temperature >= 0, 0 < top_p <= 1, repetition_penalty > 0", where=where)
     assert isinstance(p, GenParams)
-    return p
+    return p.validate(where)  # infer's GenerationParams checks: one place for both stages
 
 
 def make_tasks(opts: dict, where: str = "command line") -> list:
@@ -225,16 +224,20 @@ def run(args) -> int:
             raise BloomchatError("no task: pass --task translation|mc|chat --data PATH, or --spec FILE")
         tasks = make_tasks(_task_opts(args), where="command line")
     backend = make_backend(args.model, backend=args.backend, dtype=args.dtype, device=args.device,
-                           base_url=args.base_url, api_key=args.api_key, concurrency=args.concurrency)
+                           base_url=args.base_url, api_key=args.api_key, concurrency=args.concurrency,
+                           max_batch_size=max(1, args.batch_size))
     if args.bootstrap < 0:
         raise BloomchatError("--bootstrap must be >= 0")
     if args.backend == "openai" and any(t.kind == "mc" for t in tasks):
         backend.loglik([])  # raises: an endpoint cannot score options
     for t in tasks:  # load and check every set before any model time is spent
         t.examples()
-    results = run_eval(tasks, backend, args.out, batch_size=args.batch_size, overwrite=args.overwrite,
-                       bootstrap=args.bootstrap, progress=not args.no_progress,
-                       command="bloomchat eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+    try:
+        results = run_eval(tasks, backend, args.out, batch_size=args.batch_size, overwrite=args.overwrite,
+                           bootstrap=args.bootstrap, progress=not args.no_progress,
+                           command="bloomchat eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+    finally:
+        backend.close()  # the local engine's thread
     md = markdown({**results, "tasks": {t.name: results["tasks"][t.name] for t in tasks}})
     print(md)
     print(f"wrote {Path(args.out) / 'results.json'}, results.md and charts/")

@@ -363,6 +363,7 @@ class MCTask(EvalTask):
     norm: str = "sum"
     name: str = ""
     kind: str = "mc"
+    generates = False  # scored by log-likelihood (HFBackend.loglik), no text generated
 
     def __post_init__(self):
         if self.norm not in NORMS:

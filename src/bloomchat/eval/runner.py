@@ -22,6 +22,16 @@ from bloomchat.eval.task import EvalTask
 
 #: Backend fields that do not change the numbers (so a run may resume on another device).
 _NOT_IN_CACHE_KEY = ("device", "concurrency")
+#: Backend fields that only change generated text: left out of the key of scoring-only tasks
+#: (mc), so their caches stay valid when only the generation path changes.
+_GENERATION_KEYS = ("generation", "seeds")
+
+
+def cache_key(task: EvalTask, backend) -> dict:
+    """What must be equal for cached examples to be reused: the task's config and the backend's."""
+    skip = _NOT_IN_CACHE_KEY + (() if task.generates else _GENERATION_KEYS)
+    model_key = {k: v for k, v in backend.describe().items() if k not in skip}
+    return {"task": task.config(), "model": model_key}
 
 
 def run_task(task: EvalTask, backend, run_dir: str | Path, *, batch_size: int = 8, overwrite: bool = False,
@@ -38,8 +48,7 @@ def run_task(task: EvalTask, backend, run_dir: str | Path, *, batch_size: int = 
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise BloomchatError(f"example id {dup!r} occurs twice", where=getattr(task, "data", task.name))
-    model_key = {k: v for k, v in backend.describe().items() if k not in _NOT_IN_CACHE_KEY}
-    cache = ExampleCache(run_dir, task.name, {"task": task.config(), "model": model_key}, overwrite=overwrite)
+    cache = ExampleCache(run_dir, task.name, cache_key(task, backend), overwrite=overwrite)
     todo = sorted((ex for ex in examples if ex["id"] not in cache), key=task.sort_key)
     started = time.perf_counter()
     with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"eval {task.name}", unit="ex",

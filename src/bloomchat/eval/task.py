@@ -37,6 +37,8 @@ class EvalTask:
     name: str = ""
     #: Metrics drawn in the task's PNG chart (all of them are in results.json and the table).
     chart_metrics: tuple[str, ...] = ()
+    #: Whether the task generates text (its resume key then names the backend's generation path).
+    generates: bool = True
 
     def examples(self) -> list[dict]:
         raise NotImplementedError

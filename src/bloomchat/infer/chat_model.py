@@ -13,6 +13,7 @@ A tokenizer with a different chat template (another family's chat model) uses th
 from __future__ import annotations
 
 import queue
+from dataclasses import replace
 from typing import Iterable, Iterator, Sequence
 
 from bloomchat.chat_format import CHAT_TEMPLATE, segments
@@ -138,19 +139,37 @@ class ChatModel:
         """Replies to many conversations, all submitted at once so the engine batches them."""
         params = (params or GenerationParams()).validate()
         prompts = [self.prompt_ids(m) for m in batch]
-        for i, p in enumerate(prompts):
-            self.check_fits(len(p), params.max_new_tokens, where=f"batch[{i}]")
-        texts = [[] for _ in prompts]
-        done: queue.Queue[tuple[int, Event]] = queue.Queue()
+        # a fixed seed would make every conversation sample the same noise: offset it per item
+        per_item = [params if params.seed is None else params.replace(seed=params.seed + i)
+                    for i in range(len(prompts))]
+        return [ev.final_text for ev in self.generate_ids(prompts, per_item, progress=progress)]
+
+    def generate_ids(self, prompts: Sequence[list[int]], params: GenerationParams | Sequence[GenerationParams],
+                     *, progress: bool = False) -> list[Event]:
+        """Generate for many prompts (token ids) at once, so the engine batches them.
+
+        `params` is one GenerationParams for all, or one per prompt (e.g. a seed per item).
+        Returns each prompt's final Event: finish_reason ("stop" | "length"), prompt_tokens,
+        completion_tokens (generated tokens, EOS included) and final_text (the whole reply).
+        """
+        prompts = [list(p) for p in prompts]
+        per_item = [params] * len(prompts) if isinstance(params, GenerationParams) else list(params)
+        if len(per_item) != len(prompts):
+            raise ValueError(f"{len(per_item)} params for {len(prompts)} prompts")
+        for i, (p, pi) in enumerate(zip(prompts, per_item)):
+            pi.validate(where=f"batch[{i}] params")
+            self.check_fits(len(p), pi.max_new_tokens, where=f"batch[{i}]")
+        texts: list[list[str]] = [[] for _ in prompts]
+        finals: list[Event | None] = [None] * len(prompts)
+        done: queue.Queue[int] = queue.Queue()
         handles = []
-        for i, p in enumerate(prompts):
+        for i, (p, pi) in enumerate(zip(prompts, per_item)):
             def sink(ev: Event, i=i):
                 if ev.text:
                     texts[i].append(ev.text)
                 if ev.done:
-                    done.put((i, ev))
-            # a fixed seed would make every conversation sample the same noise: offset it per item
-            pi = params if params.seed is None else params.replace(seed=params.seed + i)
+                    finals[i] = ev
+                    done.put(i)
             handles.append(self.engine.submit(p, pi, sink))
         bar = None
         if progress:
@@ -158,7 +177,7 @@ class ChatModel:
             bar = tqdm(total=len(prompts), desc="generating", unit="reply")
         try:
             for _ in prompts:
-                _, ev = done.get()
+                ev = finals[done.get()]
                 if ev.finish_reason == "error":
                     raise RuntimeError(f"generation failed: {ev.error}")
                 if bar:
@@ -168,7 +187,7 @@ class ChatModel:
                 h.cancel()
             if bar:
                 bar.close()
-        return ["".join(t) for t in texts]
+        return [replace(ev, final_text="".join(t)) for ev, t in zip(finals, texts)]
 
     def close(self) -> None:
         self.engine.close()

@@ -17,6 +17,12 @@ MAX_STOP_STRINGS = 4  # the OpenAI API's own bound
 MAX_NEW_TOKENS_LIMIT = 1 << 20  # a sanity cap; the real cap is the model's context (checked per prompt)
 
 
+#: Bumped whenever the engine's sampler (bloomchat.infer.engine) would draw other tokens for the
+#: same seed; results that record it (eval's resume key) then refuse to mix old and new draws.
+#: 2: inverse-CDF draws replaced torch.multinomial.
+SAMPLING_VERSION = 2
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """How to sample one reply; `validate()` raises BloomchatError naming the bad field."""
