@@ -249,3 +249,29 @@ def test_cli_show_marks_exactly_the_replies(tmp_path, tiny_tokenizer_dir, capsys
     assert cli.main(["pack-show", str(out), "--html", str(tmp_path / "rows.html")]) == 0
     page = (tmp_path / "rows.html").read_text(encoding="utf-8")
     assert "<span class='l'> Hello!&lt;/s&gt;</span>" in page
+
+
+def test_gzipped_input_packs_like_the_plain_file(tmp_path, tiny_tokenizer):
+    import gzip
+
+    recs = _records(40, seed=5)
+    (tmp_path / "plain").mkdir()
+    plain = _write(tmp_path / "plain" / "p.jsonl", recs)
+    gz_dir = tmp_path / "gz"
+    gz_dir.mkdir()
+    (gz_dir / "p.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    (gz_dir / "p.rejects.jsonl.gz").write_bytes(gzip.compress(b'{"file": "raw.jsonl", "line": 1}\n'))
+    outs = []
+    for src in (plain, gz_dir):  # a file, and a directory of .jsonl.gz (its rejects file skipped)
+        out = tmp_path / ("out_" + src.name)
+        s = pack(src, tiny_tokenizer, out, max_seq_length=128, packing="bfd", dev_ratio=0.2, progress=False,
+                 plot=False)
+        for k in ("timing", "inputs"):
+            s.pop(k)
+        outs.append((s, {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.parquet"))}))
+    assert outs[0] == outs[1] and outs[0][0]["conversations"] == 40
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(plain.read_bytes())[:200])  # cut off
+    with pytest.raises(BloomchatError, match="cannot read compressed data") as e:
+        pack(bad, tiny_tokenizer, tmp_path / "out_bad", progress=False, plot=False)
+    assert str(bad) in str(e.value)

@@ -12,6 +12,7 @@ groups. Results are consumed in input order, so the shards are byte-for-byte the
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import multiprocessing
@@ -48,7 +49,8 @@ MAX_EXAMPLES = 10  # skipped lines listed by where in stats.json
 
 
 def resolve_inputs(inputs: str | Path | list) -> list[Path]:
-    """Files to read: each input is a prepared JSONL file, or a directory of *.jsonl files."""
+    """Files to read: each input is a prepared JSONL file (.jsonl or .jsonl.gz), or a directory
+    of them."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise BloomchatError("no input files given")
@@ -57,9 +59,10 @@ def resolve_inputs(inputs: str | Path | list) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             # prepare writes OUT.rejects.jsonl next to OUT.jsonl: rejected raw lines, not conversations
-            found = sorted(f for f in p.glob("*.jsonl") if not f.name.endswith(REJECTS_SUFFIX))
+            found = sorted(f for pattern in ("*.jsonl", "*.jsonl.gz") for f in p.glob(pattern)
+                           if not f.name.endswith((REJECTS_SUFFIX, REJECTS_SUFFIX + ".gz")))
             if not found:
-                raise BloomchatError("directory has no *.jsonl prepared files", where=str(p))
+                raise BloomchatError("directory has no *.jsonl or *.jsonl.gz prepared files", where=str(p))
             files.extend(found)
         elif p.is_file():
             files.append(p)
@@ -81,21 +84,35 @@ def _resolve_tokenizer(tokenizer):
     return tokenizer
 
 
+def _lines(f, path: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines; a broken .gz is a one-line error naming the file and line."""
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(f, 1):
+            yield lineno, raw
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut-off file an EOFError
+        raise BloomchatError(f"cannot read compressed data after line {lineno}: {e}", where=str(path)) from None
+
+
 def _chunks(files: list[Path], chunk_lines: int) -> Iterator[tuple[Path, str, list[tuple[int, bytes]], int]]:
     """(file, label, [(line number, raw line)], bytes) chunks, reading each file once, lazily."""
     for path in files:
         label = path.name
         buf: list[tuple[int, bytes]] = []
-        nbytes = 0
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
+        done = 0  # bytes of the file (compressed, for .gz) accounted for so far: the progress bar's unit
+        with open(path, "rb") as raw_file:
+            f = gzip.GzipFile(fileobj=raw_file) if path.name.endswith(".gz") else raw_file
+            nbytes = 0
+            for lineno, raw in _lines(f, path):
                 buf.append((lineno, raw))
                 nbytes += len(raw)
                 if len(buf) >= chunk_lines:
-                    yield path, label, buf, nbytes
-                    buf, nbytes = [], 0
-        if buf:
-            yield path, label, buf, nbytes
+                    pos = raw_file.tell() if f is not raw_file else done + nbytes
+                    yield path, label, buf, pos - done
+                    buf, nbytes, done = [], 0, pos
+            if buf:
+                pos = raw_file.tell() if f is not raw_file else done + nbytes
+                yield path, label, buf, pos - done
 
 
 def _encoded_chunks(files, tokenizer, num_proc: int, chunk_lines: int):
