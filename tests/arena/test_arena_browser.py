@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from arena_testlib import IN_CI, Server, seed_small
+from arena_testlib import IN_CI, SYSTEMS, Server, seed_small
 from bloomchat.arena.db import Database
 from bloomchat.arena.store import add_rater
 
@@ -113,5 +113,35 @@ def test_rater_votes_then_admin_sees_table(browser, tmp_path):
         page.click("#refresh")
         page.wait_for_selector("#summary:has-text('6 votes')")
         assert page.evaluate("window.__pwned") is None and ctx.evaluate("window.__pwned") is None
+    finally:
+        server.stop()
+
+
+def test_an_empty_reply_is_shown_as_empty(browser, tmp_path):
+    """A model that stopped at once wrote "": the rater sees that said, not a blank box."""
+    from sqlalchemy import update
+
+    from bloomchat.arena.db import Reply
+
+    path = str(tmp_path / "arena.sqlite")
+    db = Database(path)
+    seed_small(db, langs=("zh",), n_prompts=1, systems=SYSTEMS[:2])  # one pair: alpha vs beta
+    with db.Session.begin() as s:
+        s.execute(update(Reply).where(Reply.system == SYSTEMS[0]).values(text=""))
+    rater = add_rater(db, "Li", ["zh"])
+    db.close()
+    server = Server(path).start()
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.fill("#token", rater)
+        page.click("#signin-btn")
+        page.wait_for_selector("#choices:not([hidden])")
+        sides = {side: (page.text_content(f"#{side}"), page.get_attribute(f"#{side}", "class") or "")
+                 for side in ("left", "right")}
+        empty = [side for side, (text, cls) in sides.items() if text.startswith("(empty reply")]
+        assert len(empty) == 1 and "empty" in sides[empty[0]][1]
+        other = "right" if empty == ["left"] else "left"
+        assert sides[other][0].startswith("reply of") and "empty" not in sides[other][1].split()
     finally:
         server.stop()

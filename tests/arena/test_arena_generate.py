@@ -75,3 +75,22 @@ def test_generate_through_an_openai_compatible_endpoint(micro_model_dir, tmp_pat
         server.should_exit = True
         thread.join(30)
         cm.close()
+
+
+def test_empty_replies_are_stored_and_counted(tmp_path):
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from bloomchat.arena.db import Database, Reply
+    from bloomchat.arena.generate import generate_replies
+    from arena_testlib import seed_small
+
+    db = Database(str(tmp_path / "arena.sqlite"))
+    seed_small(db, langs=("zh",), n_prompts=3)
+    model = SimpleNamespace(reply_batch=lambda chats, params: ["", " 好的 ", "\n"][:len(chats)])
+    assert generate_replies(db, "quiet", model, None, batch_size=8) == (3, 2)
+    with db.Session() as s:
+        texts = sorted(s.scalars(select(Reply.text).where(Reply.system == "quiet")))
+    db.close()
+    assert texts == ["", "", "好的"]

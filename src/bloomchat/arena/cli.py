@@ -118,13 +118,14 @@ def cmd_generate(args) -> int:
     cm = load_chat_model(args.model, quantize=args.quantize, device=args.device, backend=args.backend,
                          base_url=args.base_url, api_key=api_key, name=args.system)
     try:
-        n = generate_replies(db, args.system, cm, params, langs=_langs(args.langs) or None, batch_size=args.batch_size,
-                             origin=f"{args.backend}:{args.model}")
+        n, empty = generate_replies(db, args.system, cm, params, langs=_langs(args.langs) or None,
+                                    batch_size=args.batch_size, origin=f"{args.backend}:{args.model}")
     finally:
         close = getattr(cm, "close", None)
         if close:
             close()
-    print(f"{n} replies of {args.system!r} stored")
+    print(f"{n} replies of {args.system!r} stored" + (f" ({empty} empty: the model stopped at once; raters see them "
+                                                       "marked as empty)" if empty else ""))
     return 0
 
 

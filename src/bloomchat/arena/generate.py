@@ -34,13 +34,16 @@ def pending_prompts(db: Database, system: str, langs: list[str] | None = None) -
 
 
 def generate_replies(db: Database, system: str, chat_model, params, *, langs: list[str] | None = None,
-                     batch_size: int = 16, origin: str = "") -> int:
-    """Ask `chat_model.reply_batch` for every pending prompt; returns how many replies were stored."""
+                     batch_size: int = 16, origin: str = "") -> tuple[int, int]:
+    """Ask `chat_model.reply_batch` for every pending prompt; returns (replies stored, of them empty).
+
+    An empty reply (the model stopped at once) is stored as it is: it is the model's answer, and
+    raters see it marked as empty and can vote it down."""
     from tqdm.auto import tqdm
 
     system = check_system(system, "--system")
     todo = pending_prompts(db, system, langs)
-    n = 0
+    n = empty = 0
     with tqdm(total=len(todo), desc=f"replies of {system}", unit="prompt") as bar:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
@@ -48,6 +51,7 @@ def generate_replies(db: Database, system: str, chat_model, params, *, langs: li
             with db.Session.begin() as s:
                 for (pid, _), text in zip(chunk, texts):
                     s.add(Reply(prompt_id=pid, system=system, text=text.strip(), origin=origin[:500]))
+                    empty += not text.strip()
             n += len(chunk)
             bar.update(len(chunk))
-    return n
+    return n, empty

@@ -40,6 +40,13 @@
 
   function setText(id, text) { $(id).textContent = text; }
 
+  // A model may stop at once and write nothing: say so, so the rater judges it rather than a blank box.
+  function setReply(id, text) {
+    const empty = !text || !text.trim();
+    $(id).textContent = empty ? "(empty reply: the model wrote nothing)" : text;
+    $(id).classList.toggle("empty", empty);
+  }
+
   async function loadNext() {
     $("rate-error").textContent = "";
     $("choices").hidden = true;  // shown again once the new pair is on the page
@@ -63,8 +70,8 @@
     }
     setText("prompt", turns[turns.length - 1].text);
     setText("lang", "(" + data.lang + ")");
-    setText("left", data.left);
-    setText("right", data.right);
+    setReply("left", data.left);
+    setReply("right", data.right);
     setText("name-left", "");
     setText("name-right", "");
     setText("progress", "You have rated " + data.votes + " pair" + (data.votes === 1 ? "" : "s") + ".");
