@@ -16,7 +16,9 @@ TextIteratorStreamer would wait for a space). Clients run in a separate process,
 Python does not compete for the server's GIL. Both sample with BLOOMChat's settings (T 0.8, top_p 0.9, repetition penalty 1.2) and generate
 exactly --tokens tokens (EOS and stop texts are disabled so both do the same work).
 Goals from the issue: >= 4x the baseline's tokens/s at 8 clients; TTFT at 8 clients <= 1.5x the
-single-client TTFT.
+single-client TTFT. The clients open their keep-alive connections before each timed round, and a
+server with no model (`make_null_app`) is measured too: its TTFT ("floor") is what the harness
+itself costs at each number of clients.
 
 int8: tokens/s of the reference vs int8 (one stream and a batch of 8), and the quality change:
 mean KL(reference || int8) of next-token distributions, top-1 agreement and perplexity, on Dolly
@@ -141,6 +143,30 @@ def make_baseline_app(model, tokenizer, name: str):
                 if piece is None:
                     break
                 yield "data: " + json.dumps({"choices": [{"delta": {"content": piece}}]}) + "\n\n"
+            yield "data: " + json.dumps({"choices": [], "usage": {"completion_tokens": n}}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    return app
+
+
+def make_null_app():
+    """A server that streams its reply at once with no model: TTFT measured against it is the
+    floor this harness (HTTP, uvicorn, the clients' own Python) puts under any server."""
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health():
+        return {}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        n = (await request.json())["max_tokens"]
+
+        async def gen():
+            for _ in range(n):
+                yield "data: " + json.dumps({"choices": [{"delta": {"content": "x"}}]}) + "\n\n"
             yield "data: " + json.dumps({"choices": [], "usage": {"completion_tokens": n}}) + "\n\n"
             yield "data: [DONE]\n\n"
 
@@ -335,6 +361,11 @@ def main(argv=None) -> int:
     import multiprocessing
 
     pool = multiprocessing.get_context("spawn").Pool(1)
+    with BackgroundServer(make_null_app()) as srv:
+        measure(pool, srv.url, "null", 2, 8)
+        results["harness_floor"] = [measure(pool, srv.url, "null", c, args.tokens) for c in args.clients]
+    print("harness floor (a server with no model): TTFT " + ", ".join(
+        f"{r['clients']} clients {r['ttft_mean_s'] * 1000:.1f} ms" for r in results["harness_floor"]), flush=True)
     for name, model, tok in models:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{name}: {n_params / 1e6:.1f}M parameters, vocab {len(tok)}", flush=True)
@@ -347,11 +378,13 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     plot(results, out / "results.png")
     print()
-    print(f"{'model':<12}{'clients':>8}{'tok/s':>10}{'base tok/s':>12}{'x base':>8}{'TTFT s':>9}{'x 1-client':>11}")
+    print(f"{'model':<12}{'clients':>8}{'tok/s':>10}{'base tok/s':>12}{'x base':>8}{'TTFT s':>9}{'x 1-client':>11}"
+          f"{'floor s':>9}")
     for name, r in results["serving"].items():
-        for a, b, q in zip(r["bloomchat"], r["baseline"], r["ratios"]):
+        for a, b, q, f in zip(r["bloomchat"], r["baseline"], r["ratios"], results["harness_floor"]):
             print(f"{name:<12}{a['clients']:>8}{a['tokens_per_s']:>10}{b['tokens_per_s']:>12}"
-                  f"{q['throughput_vs_baseline']:>8}{a['ttft_mean_s']:>9}{q['ttft_vs_single_client']:>11}")
+                  f"{q['throughput_vs_baseline']:>8}{a['ttft_mean_s']:>9}{q['ttft_vs_single_client']:>11}"
+                  f"{f['ttft_mean_s']:>9}")
     for name, r in results["serving"].items():
         at8 = next((q for q in r["ratios"] if q["clients"] == 8), None)
         if at8:
