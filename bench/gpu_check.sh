@@ -10,12 +10,15 @@
 #          DeepSpeed ZeRO-3 through `accelerate launch` (skipped where deepspeed is missing)
 #   serve  bench/bench_serve.py --device cuda: tokens/s and TTFT at 1/4/8/16 streaming clients vs
 #          one-generate-per-request, and bitsandbytes int8 vs bf16 (speed, KL, memory)
+#   attention  bench/bench_attention.py: packed-attention kernels (eager, SDPA and each SDPA backend)
 #   demo   `bloomchat demo` end to end on the GPU
-#   train  bench/bench_train.py --bf16: training tokens/s, ours vs HF Trainer (padded)
+#   train  bench/bench_train.py --bf16: training tokens/s, ours (sdpa, eager) vs HF Trainer (padded);
+#          the 2026-11-27 run saw sdpa 5x slower than eager here, before rows were padded to a
+#          multiple of 64 on GPU: check that this is gone (bench/results/gpu-h200-2026-11-27)
 # Needs: torch with CUDA, and bloomchat's dependencies (plus bitsandbytes, deepspeed) importable.
 set -u
 OUT=${OUT:-runs/gpu_check}
-STEPS=${STEPS:-tests serve demo train}
+STEPS=${STEPS:-tests serve attention demo train}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
@@ -43,6 +46,11 @@ if has serve; then
   step "serve bench"
   timeout "${T_SERVE:-260}" $PY bench/bench_serve.py --device cuda --threads 4 \
     --presets ${SERVE_PRESETS:-tiny small-50m bloom-560m} --out "$OUT/serve" 2>&1 | tee "$OUT/bench_serve.log"
+fi
+if has attention; then
+  step "attention kernels"
+  timeout "${T_ATTENTION:-90}" $PY bench/bench_attention.py --device cuda --bf16 --presets small-50m bloom-560m \
+    --lengths 512 2048 2>&1 | grep -v "ctx = torch" | tee "$OUT/attention.log"
 fi
 if has demo; then
   step "demo"
