@@ -46,29 +46,28 @@ def measure(**kw) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def scale_dolly(src: Path, dst: Path, k: int) -> Path:
+def scale_jsonl(src: Path, dst: Path, k: int, relabel) -> Path:
+    """k copies of every line of src, copy c passed through relabel(record, c) so that no two
+    copies are duplicates (the prepare filters would drop them)."""
     with src.open(encoding="utf-8") as f, dst.open("w", encoding="utf-8") as g:
         lines = f.readlines()
         for c in range(k):
             for line in lines:
-                r = json.loads(line)
-                r["instruction"] = f"{r['instruction']} [{c}]"
-                g.write(json.dumps(r, ensure_ascii=False) + "\n")
+                g.write(json.dumps(relabel(json.loads(line), c), ensure_ascii=False) + "\n")
     return dst
 
 
-def scale_oasst(src: Path, dst: Path, k: int) -> Path:
-    with src.open(encoding="utf-8") as f, dst.open("w", encoding="utf-8") as g:
-        lines = f.readlines()
-        for c in range(k):
-            for line in lines:
-                r = json.loads(line)
-                r["message_id"] = f"{r['message_id']}-{c}"
-                if r["parent_id"]:
-                    r["parent_id"] = f"{r['parent_id']}-{c}"
-                r["text"] = f"{r['text']} [{c}]"
-                g.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return dst
+def _relabel_dolly(r: dict, c: int) -> dict:
+    r["instruction"] = f"{r['instruction']} [{c}]"
+    return r
+
+
+def _relabel_oasst(r: dict, c: int) -> dict:
+    r["message_id"] = f"{r['message_id']}-{c}"
+    if r["parent_id"]:
+        r["parent_id"] = f"{r['parent_id']}-{c}"
+    r["text"] = f"{r['text']} [{c}]"
+    return r
 
 
 def row(name: str, m: dict) -> str:
@@ -131,9 +130,9 @@ def main() -> None:
         print(row("empty run (interpreter+libs)", {**measure(out=tmp / "e.jsonl", jsonl=[_tiny(tmp)])}))
         print(row("dolly-15k", measure(out=tmp / "d.jsonl", dolly=[DOLLY])))
         print(row("oasst1 en (messages)", measure(out=tmp / "o.jsonl", oasst1=[OASST])))
-        d10 = scale_dolly(DOLLY, tmp / f"dolly_x{args.scale}.jsonl", args.scale)
+        d10 = scale_jsonl(DOLLY, tmp / f"dolly_x{args.scale}.jsonl", args.scale, _relabel_dolly)
         print(row(f"dolly-15k x{args.scale}", measure(out=tmp / "d10.jsonl", dolly=[d10])))
-        o10 = scale_oasst(OASST, tmp / f"oasst_x{args.scale}.jsonl", args.scale)
+        o10 = scale_jsonl(OASST, tmp / f"oasst_x{args.scale}.jsonl", args.scale, _relabel_oasst)
         print(row(f"oasst1 en x{args.scale}", measure(out=tmp / "o10.jsonl", oasst1=[o10])))
         print(row(f"dolly x{args.scale}, no langid", measure(out=tmp / "n.jsonl", dolly=[d10], detect_lang=False)))
     if args.langid:

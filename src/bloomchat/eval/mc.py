@@ -145,16 +145,20 @@ def _label(value: str, names: dict[str, int], n: int, where: str) -> int:
     return i
 
 
+def _prompt_words(table: dict[str, tuple], task: str, lang: str, where: str) -> tuple:
+    if lang not in table:
+        raise BloomchatError(f"no {task} prompt words for language {lang} (have {', '.join(sorted(table))})",
+                             where=where)
+    return table[lang]
+
+
 def convert_xnli(path: Path, lang: str | None = None) -> list[dict]:
     """XNLI-1.0 xnli.{dev,test}.tsv (language, gold_label, sentence1, sentence2) or HF rows
     (premise, hypothesis, label 0 entailment / 1 neutral / 2 contradiction)."""
     items = []
     for where, rec in _rows(path):
         lg = _row_lang(rec, where, path, lang)
-        if lg not in XNLI_WORDS:
-            raise BloomchatError(f"no XNLI prompt words for language {lg} (have {', '.join(sorted(XNLI_WORDS))})",
-                                 where=where)
-        q, yes, also, no = XNLI_WORDS[lg]
+        q, yes, also, no = _prompt_words(XNLI_WORDS, "XNLI", lg, where)
         premise = _get(rec, ("premise", "sentence1"), where).strip()
         hyp = _get(rec, ("hypothesis", "sentence2"), where).strip()
         label = _label(_get(rec, ("label", "gold_label"), where), _XNLI_LABELS, 3, where)
@@ -177,10 +181,7 @@ def convert_pawsx(path: Path, lang: str | None = None) -> list[dict]:
     items = []
     for where, rec in _rows(path):
         lg = _row_lang(rec, where, path, lang)
-        if lg not in PAWSX_WORDS:
-            raise BloomchatError(f"no PAWS-X prompt words for language {lg} (have {', '.join(sorted(PAWSX_WORDS))})",
-                                 where=where)
-        q, yes, no = PAWSX_WORDS[lg]
+        q, yes, no = _prompt_words(PAWSX_WORDS, "PAWS-X", lg, where)
         s1, s2 = _get(rec, ("sentence1",), where).strip(), _get(rec, ("sentence2",), where).strip()
         label = _label(_get(rec, ("label",), where), {"no": 0, "yes": 1}, 2, where)
         items.append({"id": f"pawsx-{lg}:{where.rsplit(':', 1)[1]}", "lang": lg, "label": label,

@@ -8,16 +8,20 @@ from pathlib import Path
 from bloomchat.eval.cache import safe_name
 
 
-def fmt(m: dict | None, percent: bool) -> str:
-    """'41.3 [38.0, 44.9]' (percent metrics x100); '-' when absent."""
-    if not m or m.get("value") is None:
+def _fmt(d: dict | None, key: str, percent: bool, spec: str) -> str:
+    if not d or d.get(key) is None:
         return "-"
     k = 100.0 if percent else 1.0
-    s = f"{m['value'] * k:.1f}"
-    if m.get("ci95"):
-        lo, hi = (x * k for x in m["ci95"])
-        s += f" [{lo:.1f}, {hi:.1f}]"
+    s = format(d[key] * k, spec)
+    if d.get("ci95"):
+        lo, hi = (format(x * k, spec) for x in d["ci95"])
+        s += f" [{lo}, {hi}]"
     return s
+
+
+def fmt(m: dict | None, percent: bool) -> str:
+    """'41.3 [38.0, 44.9]' (percent metrics x100); '-' when absent."""
+    return _fmt(m, "value", percent, ".1f")
 
 
 def task_table(name: str, entry: dict) -> str:
@@ -53,13 +57,8 @@ def task_table(name: str, entry: dict) -> str:
 
 
 def fmt_delta(d: dict | None, percent: bool) -> str:
-    if not d or d.get("delta") is None:
-        return "-"
-    k = 100.0 if percent else 1.0
-    s = f"{d['delta'] * k:+.1f}"
-    if d.get("ci95"):
-        s += f" [{d['ci95'][0] * k:+.1f}, {d['ci95'][1] * k:+.1f}]"
-    return s
+    """'+2.1 [+0.4, +3.9]' (signed); '-' when absent."""
+    return _fmt(d, "delta", percent, "+.1f")
 
 
 def delta_table(title: str, deltas: dict, info: dict) -> str:
