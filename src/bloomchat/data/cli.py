@@ -44,6 +44,12 @@ def add_parser(subparsers) -> None:
                    help="OIG unified_basic: extra copies of each item (default 1000, i.e. 1001 in all)")
     p.add_argument("--normalize-tags", action="store_true", default=None,
                    help="OIG: write 'Rosey:' bot tags as '<bot>:' in the completion text")
+    p.add_argument("--prosocial-check", choices=("meta_or_metadata", "meta"), default=None,
+                   help="OIG: field whose source is tested against skip_sources (prosocial): 'meta_or_metadata' (default) or only 'meta' "
+                   "as BLOOMChat's script (which skips nothing on OIG's files)")
+    p.add_argument("--oasst1-trees", type=Path, default=None, metavar="FILE",
+                   help="OASST1: keep only the trees of one split, listed by this file (HF oasst1 "
+                   "data/train-*.parquet, any file with message_tree_id, or a .txt of tree ids)")
     p.add_argument("--no-shuffle", dest="shuffle", action="store_false", default=None,
                    help="keep input order (default: shuffle everything with the seed, as BLOOMChat did)")
     f = p.add_argument_group("filters (all on by default; each counted by reason in the summary)")
@@ -86,7 +92,8 @@ def add_parser(subparsers) -> None:
 
 
 _OPTION_FLAGS = ("filters", "dedup", "empty_turns", "alternation", "bot_last", "normalize_tags", "shuffle",
-                 "keep_langs", "drop_langs", "max_per_lang", "balance_langs", "detect_lang", "basic_repeat", "num_proc")
+                 "keep_langs", "drop_langs", "max_per_lang", "balance_langs", "detect_lang", "basic_repeat", "num_proc",
+                 "prosocial_check", "oasst1_trees")
 
 
 def _candidates(v):
