@@ -30,8 +30,6 @@ def write_jsonl(path: Path, rows) -> Path:
 def cli(argv: list[str]) -> int:
     from bloomchat import cli as bcli
 
-    if "bloomchat.data.cli" not in bcli.VERB_MODULES:
-        bcli.VERB_MODULES.append("bloomchat.data.cli")
     return bcli.main(argv)
 
 

@@ -43,6 +43,7 @@ from bloomchat.data.readers import (
     PROSOCIAL_CHECKS,
     no_usable_line,
     oig_copies,
+    file_stem,
     read_dolly,
     read_oasst1,
     read_oig,
@@ -50,11 +51,11 @@ from bloomchat.data.readers import (
     read_user_jsonl,
 )
 from bloomchat.data.records import check_file
+from bloomchat.errors import BloomchatError
 
 #: Conversations tagged per language-ID round: big enough to keep worker processes busy
 #: (256 per task), small enough to keep memory flat (~1 MB of texts).
 LANGID_BATCH = 2048
-from bloomchat.errors import BloomchatError
 
 #: Options `prepare(**options)` accepts, with defaults (the CLI flags map onto these names).
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -401,7 +402,5 @@ def _write_output(spill_path, tmp_out, offsets, file_idx, lang_idx, keep, copies
 
 
 def _source_of(inp: tuple[str, Path]) -> str:
-    from bloomchat.data.readers import file_stem
-
     kind, path = inp
     return {"oig": f"oig/{file_stem(path)}", "jsonl": f"user/{file_stem(path)}"}.get(kind, kind)

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from bloomchat.chat_format import BOT_ALIASES, BOT_TAG, parse_text
 from bloomchat.conversation import Conversation, Turn
-from bloomchat.data.layouts import LayoutError, user_record_to_turns
+from bloomchat.data.layouts import LayoutError, dolly_turns, user_record_to_turns
 from bloomchat.data.ledger import Ledger
 from bloomchat.data.records import Raw, open_records
 from bloomchat.errors import BloomchatError
@@ -159,17 +159,6 @@ def iter_oig(path: Path, **kw: Any) -> Iterator[Conversation]:
 
 
 # ---------------------------------------------------------------- Dolly
-
-
-def dolly_turns(instruction: str, context: str, response: str) -> tuple[list[Turn], str]:
-    """Dolly record -> (stripped turns, BLOOMChat text)."""
-    if context == "":
-        text = f"<human>: {instruction}\n<bot>: {response}"
-        human = instruction
-    else:
-        text = f"<human>: {instruction}\n{context}\n<bot>: {response}"
-        human = f"{instruction}\n{context}"
-    return [Turn("human", human.strip()), Turn("bot", response.strip())], text
 
 
 def read_dolly(path: Path, ledger: Ledger) -> Iterator[tuple[Conversation, int]]:
