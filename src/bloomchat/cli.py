@@ -21,6 +21,7 @@ from bloomchat.errors import BloomchatError
 #: Modules that define verbs, in pipeline order. A verb appears here only once it works.
 VERB_MODULES: list[str] = [
     "bloomchat.demo.cli",
+    "bloomchat.models.cli",
     "bloomchat.data.cli",
     "bloomchat.pack.cli",
     "bloomchat.train.cli",
