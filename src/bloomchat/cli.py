@@ -22,7 +22,7 @@ from bloomchat.errors import BloomchatError
 VERB_MODULES: list[str] = [
     "bloomchat.demo.cli",
     "bloomchat.models.cli",
-    "bloomchat.data.cli",
+    "bloomchat.prepare_cli",  # the data stage's verbs, with `prepare --recipe` resolved above data and train
     "bloomchat.pack.cli",
     "bloomchat.train.cli",
     "bloomchat.infer.cli",
