@@ -27,6 +27,7 @@ Two chat formats:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -221,8 +222,9 @@ def encode_rendered(tokenizer, items: Sequence[Rendered]) -> list[TokenMask]:
     eos_id = tokenizer.eos_token_id
     out = []
     for r, ids, offs in zip(items, enc["input_ids"], enc["offset_mapping"]):
-        ids_arr = np.asarray(ids, dtype=np.int32)
-        off = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
+        ids_arr = np.fromiter(ids, dtype=np.int32, count=len(ids))
+        # fromiter over the flattened pairs: half the time of np.asarray on a list of tuples
+        off = np.fromiter(chain.from_iterable(offs), dtype=np.int64, count=2 * len(offs)).reshape(-1, 2)
         mask, boundary = mask_from_offsets(off, r.spans, len(r.text))
         if r.eos_spans:
             _check_eos(tokenizer, ids_arr, off, r.eos_spans, eos_id)

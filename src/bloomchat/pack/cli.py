@@ -2,6 +2,8 @@
 
     bloomchat pack prepared.jsonl --tokenizer bigscience/bloom-560m -o packed/
     bloomchat pack oasst1.jsonl dolly.jsonl --tokenizer ./tok -o packed/ --packing bfd --dev-ratio 0.01 --num-proc 4
+    bloomchat pack prepared.jsonl --tokenizer ./smollm2 -o packed/ --chat-format base   # the tokenizer's own template
+    bloomchat pack prepared.jsonl --tokenizer ./tok -o packed/ --loss-on conversation --overlong drop  # BLOOMChat as run
     bloomchat pack-check packed/ --tokenizer ./tok      # do these shards belong to this tokenizer?
     bloomchat pack-show packed/ --rows 2 [--html rows.html]   # decoded rows, loss spans marked
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bloomchat.chat_tokens import CHAT_FORMATS, LOSS_ON
 from bloomchat.pack.packers import PACKINGS
 from bloomchat.pack.pipeline import DEFAULT_OPTIONS, OVERLONG
 
@@ -32,7 +35,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-proc", type=int, default=1, help="tokenizer processes (output is the same for any)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dev split and of bfd's shuffle")
     p.add_argument("--overlong", choices=OVERLONG, default="split",
-                   help="conversations longer than --max-seq-length: split into pieces, or drop (counted)")
+                   help="conversations longer than --max-seq-length: split into pieces (later pieces train a reply "
+                   "without its prompt), or drop them as BLOOMChat's packing did (counted)")
+    p.add_argument("--chat-format", choices=CHAT_FORMATS, default="bloomchat",
+                   help="bloomchat: BLOOMChat's '<human>: ... <bot>: ...' text (default); base: the tokenizer's own "
+                   "chat template (e.g. SmolLM2's ChatML), loss on its assistant turns")
+    p.add_argument("--loss-on", choices=LOSS_ON, default="replies",
+                   help="replies: loss on each bot reply and its EOS (default); conversation: every token, one EOS "
+                   "at the end, the verbatim text (BLOOMChat's scripts as they ran)")
     p.add_argument("--window", type=int, default=DEFAULT_OPTIONS["window"],
                    help="bfd: conversations sorted and packed together")
     p.add_argument("--shard-rows", type=int, default=DEFAULT_OPTIONS["shard_rows"], help="rows per shard file")
@@ -61,6 +71,7 @@ def _run_pack(args: argparse.Namespace) -> int:
 
     s = pack(args.inputs, args.tokenizer, args.out, max_seq_length=args.max_seq_length, packing=args.packing,
              dev_ratio=args.dev_ratio, num_proc=args.num_proc, seed=args.seed, overlong=args.overlong,
+             chat_format=args.chat_format, loss_on=args.loss_on,
              window=args.window, shard_rows=args.shard_rows, skip_invalid=args.skip_invalid,
              progress=not args.no_progress)
     tr, dv = s["split"]["train"], s["split"]["dev"]
@@ -73,6 +84,10 @@ def _run_pack(args: argparse.Namespace) -> int:
     print(f"dropped {s['dropped']:,} records (no bot turn {d['no_bot_turn']:,}, invalid {d['invalid']:,}, "
           f"overlong {d['overlong']:,}); overlong conversations {s['overlong']['conversations']:,} "
           f"({s['overlong']['action']})")
+    tc = s["text_changes"]
+    changed = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in tc["by_reason"].items() if v) or "none"
+    print(f"chat format {s['chat_format']}, loss on {s['loss_on']}; {tc['records']:,} records trained on text that "
+          f"differs from their verbatim text ({changed})")
     print(f"tokenizer {s['tokenizer']['name']} (vocab {s['tokenizer']['vocab_size']:,}, "
           f"fingerprint {s['tokenizer']['fingerprint']}); {s['timing']['tokens_per_s']:,} tokens/s")
     print(f"wrote {args.out}/stats.json, {args.out}/lengths.png, "

@@ -30,9 +30,15 @@ def row_segments(row: dict[str, np.ndarray], tokenizer) -> list[list[Span]]:
     for k in range(1, int(seg.max()) + 1):
         sel = seg == k
         spans: list[Span] = []
-        for loss, group in itertools.groupby(zip(ids[sel].tolist(), mask[sel].tolist()), key=lambda t: t[1]):
-            toks = [t for t, _ in group]
-            spans.append((tokenizer.decode(toks, skip_special_tokens=False), bool(loss)))
+        conv_ids = ids[sel].tolist()
+        done, text = 0, ""  # decoded in context: a SentencePiece decoder strips a leading "▁" only at the start
+        for loss, group in itertools.groupby(zip(conv_ids, mask[sel].tolist()), key=lambda t: t[1]):
+            n = done + len(list(group))
+            upto = tokenizer.decode(conv_ids[:n], skip_special_tokens=False)
+            piece = upto[len(text):] if upto.startswith(text) else tokenizer.decode(conv_ids[done:n],
+                                                                                    skip_special_tokens=False)
+            spans.append((piece, bool(loss)))
+            done, text = n, upto
         out.append(spans)
     return out
 
