@@ -286,9 +286,9 @@ def test_new_keys_are_checked(tmp_path, micro_model_dir, packed_pair):
     r = _base(tmp_path, micro_model_dir, packed_pair)
     (tmp_path / "d.jsonl").write_text("")
     r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "d.jsonl")], "loss_on": "everything"}
-    _expect(tmp_path, r, "stages[0].data.loss_on", "replies, conversation")
+    _expect(tmp_path, r, "stages[0].data.loss_on", "'replies', 'conversation'")
     r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "d.jsonl")], "overlong": "truncate"}
-    _expect(tmp_path, r, "stages[0].data.overlong", "split, drop")
+    _expect(tmp_path, r, "stages[0].data.overlong", "'split', 'drop'")
     r["stages"][0]["data"] = {"shards": str(packed_pair["s1"]), "loss_on": "conversation"}
     _expect(tmp_path, r, "stages[0].data.loss_on", "already packed")
     r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "d.jsonl")], "loss_on": "conversation", "overlong": "drop"}
