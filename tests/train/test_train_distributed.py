@@ -54,3 +54,106 @@ def test_two_processes_match_one_process(tmp_path, micro_model_dir, tiny_tokeniz
     wb = load_file(str(tmp_path / "two" / "s" / "model" / "model.safetensors"))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=2e-5, rtol=1e-4)
+
+
+_KILL_AT_STEP = """
+import os, signal, sys
+from bloomchat.train import report
+from bloomchat.train.cli import main
+orig = report.MetricsLog.write
+def write(self, rec):
+    orig(self, rec)
+    if rec.get("step") == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)  # every rank reaches this step, every rank dies
+report.MetricsLog.write = write
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class _FakeAccelerator:
+    """One rank of an n-process run, as _dev_loss sees it; `reduce` records instead of summing."""
+
+    def __init__(self, rank: int, world: int):
+        self.process_index, self.num_processes, self.device = rank, world, torch.device("cpu")
+        self.reduced = []
+
+    def reduce(self, t, reduction):
+        self.reduced.append(t.clone())
+        return t
+
+
+def test_dev_pass_gives_every_rank_the_same_forwards(micro_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    """FSDP / ZeRO-3 gather weights from every rank in every forward: 3 dev rows on 2 ranks must
+    still be 2 forwards on each (a zero-weight row on rank 1), and the summed loss equals 1 rank's."""
+    from transformers import AutoModelForCausalLM
+
+    from bloomchat.train import trainer
+    from bloomchat.train.data import PackedSplit
+
+    shards = write_shards(tmp_path / "shards", tiny_tokenizer, n_rows=4, seed=5, dev_rows=3)
+    dev = PackedSplit(shards, "dev", cache_dir=tmp_path / "cache")
+    from bloomchat.train.packing_attn import install_packed_attention
+
+    model = AutoModelForCausalLM.from_pretrained(micro_model_dir)
+    install_packed_attention(model)
+    calls = []
+    real = trainer.packed_forward
+    monkeypatch.setattr(trainer, "packed_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(rank, world):
+        acc = _FakeAccelerator(rank, world)
+        calls.clear()
+        trainer._dev_loss(model, dev, micro=1, pad_id=0, plw=0.0, accelerator=acc)
+        return len(calls), acc.reduced[0]
+
+    (n0, t0), (n1, t1) = run(0, 2), run(1, 2)
+    assert n0 == n1 == 2
+    n, t = run(0, 1)
+    assert n == 3
+    torch.testing.assert_close(t0 + t1, t, rtol=1e-9, atol=1e-9)  # the padding row adds no loss, no weight
+
+
+@pytest.mark.slow
+def test_two_processes_uneven_dev_split_kill_and_resume(tmp_path, micro_model_dir, tiny_tokenizer):
+    """2 CPU processes (gloo): 3 dev rows over 2 ranks, killed after step 3, resumed from the
+    checkpoint of step 2; losses and exported weights equal the 1-process run.
+    (accelerate runs FSDP only on multi-device types, so on CPU this is DDP; the FSDP property
+    itself, equal forwards per rank, is test_dev_pass_gives_every_rank_the_same_forwards.)"""
+    shards = write_shards(tmp_path / "shards", tiny_tokenizer, n_rows=12, seed=5, dev_rows=3)
+
+    def recipe(out):
+        return {"name": "kill", "base_model": str(micro_model_dir), "output_dir": str(tmp_path / out), "seed": 9,
+                "defaults": {"global_batch_size": 4, "micro_batch_size": 1, "lr": 3e-3, "save_every_steps": 2},
+                "stages": [{"name": "s", "epochs": 2, "data": {"shards": str(shards)}}]}
+
+    one = run_recipe(write_recipe(tmp_path / "one.yaml", recipe("one")), progress=False)
+    two_yaml = write_recipe(tmp_path / "two.yaml", recipe("two"))
+    cfg = REPO / "recipes/accelerate/cpu_2proc.yaml"
+    script = tmp_path / "kill.py"
+    script.write_text(_KILL_AT_STEP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_DISABLE_RICH": "1", "KILL_AT_STEP": "3"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg)]
+    p = subprocess.run([*launch, str(script), str(two_yaml)], capture_output=True, text=True, timeout=400, env=env,
+                       cwd=tmp_path)
+    assert p.returncode != 0
+    ck = tmp_path / "two" / "s" / "checkpoints"
+    assert (ck / "latest").read_text().strip() == "step-00000002", p.stderr[-3000:]
+    assert not (tmp_path / "two" / "s" / "model").exists()
+    p = subprocess.run([*launch, "-m", "bloomchat.train", str(two_yaml), "--resume"], capture_output=True, text=True,
+                       timeout=400, env={**env, "KILL_AT_STEP": "0"}, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "s" / "result.json").read_text())["processes"] == 2
+    a = read_metrics(Path(one["stages"][0]["metrics"]))
+    b = read_metrics(tmp_path / "two" / "s" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5, 6, 6]  # 3 steps x 2 epochs + dev
+    assert b[-1]["kind"] == "dev"
+    for x, y in zip(a, b):
+        assert x.get("tokens") == y.get("tokens") and x.get("loss_tokens") == y.get("loss_tokens")
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (x, y)
+    from safetensors.torch import load_file
+
+    wa = load_file(str(Path(one["final_model_dir"]) / "model.safetensors"))
+    wb = load_file(str(tmp_path / "two" / "s" / "model" / "model.safetensors"))
+    assert set(wa) == set(wb)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=2e-5, rtol=1e-4)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from train_helpers import micro_recipe, write_recipe
 
 from bloomchat.errors import BloomchatError
@@ -20,7 +21,8 @@ RECIPES = REPO / "recipes"
 def fake_sources(tmp_path, micro_model_dir):
     """Files the shipped recipes name (content does not matter for validation)."""
     (tmp_path / "oig").mkdir()
-    for f in ("unified_chip2.jsonl", "unified_basic.jsonl.gz"):
+    oig176 = yaml.safe_load((RECIPES / "bloomchat-176b.yaml").read_text())["stages"][0]["data"]["oig"]
+    for f in [Path(x).name for x in oig176] + ["unified_rallio_safety_and_prosocial.jsonl"]:
         (tmp_path / "oig" / f).write_text("")
     (tmp_path / "dolly.jsonl").write_text("")
     (tmp_path / "oasst1.messages.jsonl").write_text("")
@@ -51,7 +53,11 @@ def test_shipped_recipes_load(name, fake_sources):
         assert all(s.lr == 1e-5 and s.global_batch_size == 128 and s.data.max_seq_length == 2048
                    and s.data.packing == "greedy" for s in r.stages)
         assert s1.data.prepare["basic_repeat"] == 1000 and s1.data.per_source == 100_000
-        assert [p.name for p in s1.data.oig] == ["unified_basic.jsonl.gz", "unified_chip2.jsonl"]
+        names = [p.name for p in s1.data.oig]  # BLOOMChat's 25 files, nothing a glob would add
+        assert len(names) == len(set(names)) == 25 and "unified_rallio_safety_and_prosocial.jsonl" not in names
+        assert {"unified_basic.jsonl", "unified_p3.jsonl.gz", "unified_chip2.jsonl"} <= set(names)
+        assert all(s.lr_schedule == "cosine" and s.lr_end_ratio == 0.1 for s in r.stages)  # the model card
+        assert all(s.data.overlong == "drop" and s.data.loss_on == "replies" for s in r.stages)
     if name == "bloom-560m-lora":
         assert r.method == "lora" and r.lora.r == 16
     if name == "demo":
@@ -280,9 +286,9 @@ def test_new_keys_are_checked(tmp_path, micro_model_dir, packed_pair):
     r = _base(tmp_path, micro_model_dir, packed_pair)
     (tmp_path / "d.jsonl").write_text("")
     r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "d.jsonl")], "loss_on": "everything"}
-    _expect(tmp_path, r, "stages[0].data.loss_on", "replies, conversation")
+    _expect(tmp_path, r, "stages[0].data.loss_on", "'replies', 'conversation'")
     r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "d.jsonl")], "overlong": "truncate"}
-    _expect(tmp_path, r, "stages[0].data.overlong", "split, drop")
+    _expect(tmp_path, r, "stages[0].data.overlong", "'split', 'drop'")
     r["stages"][0]["data"] = {"shards": str(packed_pair["s1"]), "loss_on": "conversation"}
     _expect(tmp_path, r, "stages[0].data.loss_on", "already packed")
     r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "d.jsonl")], "loss_on": "conversation", "overlong": "drop"}

@@ -16,9 +16,10 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass, field, fields
+import types
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -60,32 +61,45 @@ def _construct_mapping(loader, node, deep=False):
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _doc(text: str, default: Any = MISSING, *, factory: Any = MISSING) -> Any:
+    """A recipe key: its one-line doc travels with the field (validation, hints, docs)."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+# Every recipe setting is declared once, here: its type (Literal = the allowed values), default and
+# doc. Validation (types, allowed values, defaults, unknown keys) is derived from these classes;
+# only range checks and checks across keys are written out in _check_stage / recipe_from_dict.
+
 @dataclass
 class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    # BLOOM's fused q/k/v projection and the attention output + MLP projections
-    target_modules: list = field(default_factory=lambda: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"])
+    r: int = _doc("LoRA rank", 16)
+    alpha: int = _doc("LoRA scaling numerator (scale = alpha / r)", 32)
+    dropout: float = _doc("dropout on the LoRA input", 0.05)
+    target_modules: list[str] = _doc(
+        "linear layers to adapt, by name; default: BLOOM's fused q/k/v, attention output and MLP projections",
+        factory=lambda: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"])
 
 
 @dataclass
 class StageData:
     """Either packed shards (`shards`) or raw sources that the stage prepares and packs itself."""
 
-    shards: Path | None = None
-    oig: list = field(default_factory=list)
-    dolly: list = field(default_factory=list)
-    oasst1: list = field(default_factory=list)
-    jsonl: list = field(default_factory=list)
-    per_source: int = 100_000
-    prepare: dict = field(default_factory=dict)  # extra options of bloomchat.data.prepare
-    max_seq_length: int = 2048
-    packing: str = "greedy"
-    dev_ratio: float = 0.0
-    num_proc: int = 1
-    loss_on: str = "replies"     # replies (BLOOMChat's paper) | conversation (BLOOMChat's scripts)
-    overlong: str = "split"      # a conversation longer than max_seq_length: split | drop
+    shards: Path | None = _doc("a packed-shards directory (bloomchat pack); excludes raw sources", None)
+    oig: list[Path] = _doc("OIG unified_*.jsonl[.gz] files (globs allowed)", factory=list)
+    dolly: list[Path] = _doc("databricks-dolly-15k JSONL files", factory=list)
+    oasst1: list[Path] = _doc("OASST1 messages JSONL files", factory=list)
+    jsonl: list[Path] = _doc("prepared JSONL files (DEVELOPERS.md contract)", factory=list)
+    per_source: int = _doc("at most this many items per source file", 100_000)
+    prepare: dict = _doc("extra options of bloomchat.data.prepare", factory=dict)
+    max_seq_length: int = _doc("tokens per packed row", 2048)
+    packing: str = _doc("packing algorithm of bloomchat.pack", "greedy")
+    dev_ratio: float = _doc("share of conversations held out for the dev loss", 0.0)
+    num_proc: int = _doc("tokenisation processes (the result does not depend on it)", 1)
+    loss_on: Literal["replies", "conversation"] = _doc(
+        "tokens with loss: bot replies (BLOOMChat's paper) or the whole conversation (BLOOMChat's scripts)", "replies")
+    overlong: Literal["split", "drop"] = _doc("a conversation longer than max_seq_length: split or drop", "split")
 
     @property
     def is_raw(self) -> bool:
@@ -97,46 +111,56 @@ class StageData:
 
 @dataclass
 class Stage:
-    name: str
-    data: StageData
-    epochs: float = 1
-    max_steps: int | None = None
-    lr: float = 1e-5
-    lr_schedule: str = "constant"
-    lr_end_ratio: float = 0.0  # linear/cosine decay ends at lr x this (BLOOMChat: 0.1)
-    warmup_steps: int = 0
-    weight_decay: float = 0.1
-    max_grad_norm: float | None = 1.0
-    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
-    global_batch_size: int = 128
-    micro_batch_size: int = 1
-    prompt_loss_weight: float = 0.0
-    save_every_steps: int = 0
-    keep_checkpoints: int = 2
-    log_every_steps: int = 1
-    init_from: str = "previous"
+    name: str = _doc("stage name, also its output folder")
+    data: StageData = _doc("what the stage trains on")
+    epochs: float = _doc("passes over the training split (fractions allowed)", 1)
+    max_steps: int | None = _doc("stop after this many optimizer steps (null: epochs decide)", None)
+    lr: float = _doc("peak learning rate", 1e-5)
+    lr_schedule: Literal["constant", "linear", "cosine"] = _doc("learning-rate shape after warmup", "constant")
+    lr_end_ratio: float = _doc("linear/cosine decay ends at lr x this (BLOOMChat: 0.1)", 0.0)
+    warmup_steps: int = _doc("linear warmup steps", 0)
+    weight_decay: float = _doc("AdamW weight decay (not on biases and norms)", 0.1)
+    max_grad_norm: float | None = _doc("gradient clipping norm (null: none)", 1.0)
+    adam_betas: list[float] = _doc("AdamW betas", factory=lambda: [0.9, 0.999])
+    adam_eps: float = _doc("AdamW epsilon", 1e-8)
+    global_batch_size: int = _doc("rows per optimizer step, over all processes", 128)
+    micro_batch_size: int = _doc("rows per forward pass per process", 1)
+    prompt_loss_weight: float = _doc("loss weight of non-reply tokens (BLOOMChat: 0)", 0.0)
+    save_every_steps: int = _doc("checkpoint interval (0: only at the end)", 0)
+    keep_checkpoints: int = _doc("checkpoints kept on disk", 2)
+    log_every_steps: int = _doc("metrics line interval", 1)
+    init_from: str = _doc("previous | base | an earlier stage's name | a model directory", "previous")
 
 
 @dataclass
 class Recipe:
-    name: str
-    base_model: str
-    output_dir: Path
-    stages: list[Stage]
-    tokenizer: str | None = None
-    seed: int = 42
-    method: str = "full"
-    lora: LoraSettings | None = None
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    attention: str = "sdpa"
-    chat_format: str = "bloomchat"  # bloomchat: train + export <human>/<bot>; base: the base's own template
+    name: str = _doc("recipe name")
+    base_model: str = _doc("hub name or local directory of the model to fine-tune")
+    output_dir: Path = _doc("where every stage writes its folder")
+    stages: list[Stage] = _doc("the stages, in order")
+    tokenizer: str | None = _doc("tokenizer, when not the base model's", None)
+    seed: int = _doc("seed of data order and initialisation", 42)
+    method: Literal["full", "lora"] = _doc("train all weights, or a LoRA adapter merged on export", "full")
+    lora: LoraSettings | None = _doc("LoRA settings (method: lora)", None)
+    precision: Literal["fp32", "bf16", "fp16"] = _doc("mixed precision of training", "fp32")
+    gradient_checkpointing: bool = _doc("recompute activations in the backward pass (less memory)", False)
+    attention: Literal["sdpa", "eager", "flex"] = _doc("attention kernel of packed training", "sdpa")
+    chat_format: Literal["bloomchat", "base"] = _doc(
+        "bloomchat: train and export <human>/<bot>; base: the base model's own chat template", "bloomchat")
     path: Path | None = None
     vars: dict = field(default_factory=dict)
 
     def stage_dir(self, stage: Stage) -> Path:
         return self.output_dir / stage.name
+
+
+def recipe_keys(cls) -> dict[str, Any]:
+    """The YAML keys of a settings class: name -> dataclass field (those with a doc)."""
+    return {f.name: f for f in fields(cls) if "doc" in f.metadata}
+
+
+def _default(f) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,10 +288,39 @@ def _files(ctx, base, patterns, keypath, mapping, key) -> list[Path]:
     return out
 
 
+def _kind(tp) -> tuple[Any, bool, tuple | None]:
+    """(base type, null allowed, allowed values) of a field's annotation."""
+    optional = False
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        optional, tp = len(args) < len(get_args(tp)), args[0]
+    if get_origin(tp) is Literal:
+        return str, optional, get_args(tp)
+    return (get_origin(tp) or tp), optional, None
+
+
+def _value(ctx, mapping, key, keypath, tp) -> Any:
+    base, optional, choices = _kind(tp)
+    v = _typed(ctx, mapping, key, keypath, base, optional=optional)
+    if choices is not None and v is not None and v not in choices:
+        raise ctx.err(f"must be one of {', '.join(repr(c) for c in choices)}, got {v!r}", keypath, mapping, key)
+    return v
+
+
+def _read(ctx, cls, mapping, keypath, *, skip=()) -> dict[str, Any]:
+    """The typed values of `cls`'s recipe keys present in `mapping` (all but `skip`)."""
+    hints = get_type_hints(cls)
+    return {k: _value(ctx, mapping, k, f"{keypath}.{k}" if keypath else k, hints[k])
+            for k in recipe_keys(cls) if k in mapping and k not in skip}
+
+
+#: StageData keys that shape the packing (an error next to already packed `shards`).
+_PACK_ONLY = tuple(k for k in recipe_keys(StageData) if k not in (*RAW_SOURCES, "shards", "num_proc"))
+
+
 def _parse_data(ctx, d, base, keypath) -> StageData:
-    allowed = {f.name for f in fields(StageData)}
-    _check_keys(ctx, d, allowed, keypath)
-    sd = StageData()
+    _check_keys(ctx, d, set(recipe_keys(StageData)), keypath)
+    sd = StageData(**_read(ctx, StageData, d, keypath, skip=(*RAW_SOURCES, "shards")))
     for s in RAW_SOURCES:
         if s in d:
             setattr(sd, s, _files(ctx, base, d[s], f"{keypath}.{s}", d, s))
@@ -280,104 +333,49 @@ def _parse_data(ctx, d, base, keypath) -> StageData:
             raise ctx.err(f"not a packed-shards directory (needs stats.json and train/*.parquet): {p}",
                           f"{keypath}.shards", d, "shards")
         sd.shards = p
-    elif not sd.sources():
-        raise ctx.err("names no data: give 'shards' or at least one of oig, dolly, oasst1, jsonl", keypath)
-    for k, typ in (("per_source", int), ("max_seq_length", int), ("packing", str), ("dev_ratio", float),
-                   ("num_proc", int), ("prepare", dict), ("loss_on", str), ("overlong", str)):
-        if k in d:
-            if sd.shards is not None and k != "num_proc":
+        for k in _PACK_ONLY:
+            if k in d:
                 raise ctx.err("only applies to raw sources; these shards are already packed",
                               f"{keypath}.{k}", d, k)
-            setattr(sd, k, _typed(ctx, d, k, f"{keypath}.{k}", typ))
+    elif not sd.sources():
+        raise ctx.err("names no data: give 'shards' or at least one of oig, dolly, oasst1, jsonl", keypath)
     if sd.max_seq_length < 16:
         raise ctx.err("must be at least 16", f"{keypath}.max_seq_length", d, "max_seq_length")
-    for k, allowed in (("loss_on", ("replies", "conversation")), ("overlong", ("split", "drop"))):
-        if getattr(sd, k) not in allowed:
-            raise ctx.err(f"must be one of {', '.join(allowed)}", f"{keypath}.{k}", d, k)
     if not 0.0 <= sd.dev_ratio < 1.0:
         raise ctx.err("must be in [0, 1)", f"{keypath}.dev_ratio", d, "dev_ratio")
     if sd.per_source < 1 or sd.num_proc < 1:
         raise ctx.err("per_source and num_proc must be >= 1", keypath)
     sd.prepare = dict(sd.prepare)
-    try:
-        from bloomchat.data import DEFAULT_OPTIONS
-    except ImportError:  # pragma: no cover
-        DEFAULT_OPTIONS = None
-    if DEFAULT_OPTIONS is not None:
-        for k in sd.prepare:
-            if k not in DEFAULT_OPTIONS:
-                raise ctx.err(f"unknown prepare option {k!r}; known: {', '.join(DEFAULT_OPTIONS)}",
-                              f"{keypath}.prepare.{k}", d.get("prepare"), k)
+    _check_prepare(ctx, sd.prepare, d, keypath)
     return sd
 
 
-_STAGE_TYPES: dict[str, tuple[type, bool]] = {
-    "name": (str, False), "epochs": (float, False), "max_steps": (int, True), "lr": (float, False),
-    "lr_schedule": (str, False), "lr_end_ratio": (float, False), "warmup_steps": (int, False), "weight_decay": (float, False),
-    "max_grad_norm": (float, True), "adam_betas": (list, False), "adam_eps": (float, False),
-    "global_batch_size": (int, False), "micro_batch_size": (int, False),
-    "prompt_loss_weight": (float, False), "save_every_steps": (int, False),
-    "keep_checkpoints": (int, False), "log_every_steps": (int, False), "init_from": (str, False),
-}
-_SCHEDULES = ("constant", "linear", "cosine")
+def _check_prepare(ctx, prepare: dict, d, keypath) -> None:
+    try:
+        from bloomchat.data import DEFAULT_OPTIONS
+    except ImportError:  # pragma: no cover
+        return
+    for k in prepare:
+        if k not in DEFAULT_OPTIONS:
+            raise ctx.err(f"unknown prepare option {k!r}; known: {', '.join(DEFAULT_OPTIONS)}",
+                          f"{keypath}.prepare.{k}", d.get("prepare"), k)
 
 
 def _parse_stage(ctx, raw, defaults, base, keypath, earlier: list[str], world_size: int) -> Stage:
-    _check_keys(ctx, raw, set(_STAGE_TYPES) | {"data"}, keypath)
+    _check_keys(ctx, raw, set(recipe_keys(Stage)), keypath)
     merged = _LineDict({**defaults, **raw})
     merged.lines = {**getattr(defaults, "lines", {}), **getattr(raw, "lines", {})}
     if "name" not in merged:
         raise ctx.err("is missing (every stage needs a name)", f"{keypath}.name")
     if "data" not in raw:
         raise ctx.err("is missing (what does this stage train on?)", f"{keypath}.data")
-    kw: dict[str, Any] = {}
-    for k, (typ, opt) in _STAGE_TYPES.items():
-        if k in merged:
-            kw[k] = _typed(ctx, merged, k, f"{keypath}.{k}", typ, optional=opt)
-    st = Stage(data=_parse_data(ctx, raw["data"], base, f"{keypath}.data"), **kw)
+    st = Stage(data=_parse_data(ctx, raw["data"], base, f"{keypath}.data"),
+               **_read(ctx, Stage, merged, keypath, skip=("data",)))
 
     def bad(key, msg):
         return ctx.err(msg, f"{keypath}.{key}", merged, key)
 
-    if not _NAME_RE.match(st.name):
-        raise bad("name", f"{st.name!r} is not a valid name (letters, digits, '_', '.', '-')")
-    if st.name in earlier:
-        raise bad("name", f"stage name {st.name!r} is used twice")
-    if st.epochs <= 0:
-        raise bad("epochs", "must be > 0")
-    if st.max_steps is not None and st.max_steps < 1:
-        raise bad("max_steps", "must be >= 1 or null")
-    if st.lr <= 0 or st.lr > 1:
-        raise bad("lr", f"{st.lr} is not a usable learning rate (0 < lr <= 1)")
-    if st.lr_schedule not in _SCHEDULES:
-        raise bad("lr_schedule", f"must be one of {', '.join(_SCHEDULES)}")
-    if not 0.0 <= st.lr_end_ratio <= 1.0:
-        raise bad("lr_end_ratio", "must be in [0, 1] (the final lr as a fraction of lr)")
-    if st.lr_end_ratio and st.lr_schedule == "constant":
-        raise bad("lr_end_ratio", "applies to a linear or cosine lr_schedule, not constant")
-    if st.warmup_steps < 0:
-        raise bad("warmup_steps", "must be >= 0")
-    if st.weight_decay < 0:
-        raise bad("weight_decay", "must be >= 0")
-    if st.max_grad_norm is not None and st.max_grad_norm <= 0:
-        raise bad("max_grad_norm", "must be > 0 or null (no clipping)")
-    if len(st.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in st.adam_betas):
-        raise bad("adam_betas", "must be two numbers in [0, 1)")
-    if st.micro_batch_size < 1:
-        raise bad("micro_batch_size", "must be >= 1")
-    if st.global_batch_size < 1:
-        raise bad("global_batch_size", "must be >= 1")
-    if st.global_batch_size % (st.micro_batch_size * world_size):
-        raise bad("global_batch_size", f"{st.global_batch_size} is not a multiple of micro_batch_size "
-                  f"{st.micro_batch_size} x {world_size} process(es); gradient accumulation needs a whole number")
-    if not 0.0 <= st.prompt_loss_weight <= 1.0:
-        raise bad("prompt_loss_weight", "must be in [0, 1] (BLOOMChat used 0)")
-    if st.save_every_steps < 0:
-        raise bad("save_every_steps", "must be >= 0 (0 = only at the end of the stage)")
-    if st.keep_checkpoints < 1:
-        raise bad("keep_checkpoints", "must be >= 1")
-    if st.log_every_steps < 1:
-        raise bad("log_every_steps", "must be >= 1")
+    _check_stage(st, bad, earlier, world_size)
     if st.init_from not in ("previous", "base") and st.init_from not in earlier:
         p = _resolve(base, st.init_from)
         if not (p / "config.json").exists():
@@ -385,6 +383,37 @@ def _parse_stage(ctx, raw, defaults, base, keypath, earlier: list[str], world_si
                       f"({', '.join(earlier) or 'none'}) nor a model directory")
         st.init_from = str(p)
     return st
+
+
+def _check_stage(st: Stage, bad, earlier: list[str], world_size: int) -> None:
+    """Ranges and combinations (the types are already checked)."""
+    if not _NAME_RE.match(st.name):
+        raise bad("name", f"{st.name!r} is not a valid name (letters, digits, '_', '.', '-')")
+    if st.name in earlier:
+        raise bad("name", f"stage name {st.name!r} is used twice")
+    for key, ok, msg in (
+            ("epochs", st.epochs > 0, "must be > 0"),
+            ("max_steps", st.max_steps is None or st.max_steps >= 1, "must be >= 1 or null"),
+            ("lr", 0 < st.lr <= 1, f"{st.lr} is not a usable learning rate (0 < lr <= 1)"),
+            ("lr_end_ratio", 0.0 <= st.lr_end_ratio <= 1.0, "must be in [0, 1] (the final lr as a fraction of lr)"),
+            ("lr_end_ratio", not (st.lr_end_ratio and st.lr_schedule == "constant"),
+             "applies to a linear or cosine lr_schedule, not constant"),
+            ("warmup_steps", st.warmup_steps >= 0, "must be >= 0"),
+            ("weight_decay", st.weight_decay >= 0, "must be >= 0"),
+            ("max_grad_norm", st.max_grad_norm is None or st.max_grad_norm > 0, "must be > 0 or null (no clipping)"),
+            ("adam_betas", len(st.adam_betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1
+                                                           for b in st.adam_betas), "must be two numbers in [0, 1)"),
+            ("micro_batch_size", st.micro_batch_size >= 1, "must be >= 1"),
+            ("global_batch_size", st.global_batch_size >= 1, "must be >= 1"),
+            ("global_batch_size", st.global_batch_size % (st.micro_batch_size * world_size) == 0,
+             f"{st.global_batch_size} is not a multiple of micro_batch_size {st.micro_batch_size} x {world_size} "
+             "process(es); gradient accumulation needs a whole number"),
+            ("prompt_loss_weight", 0.0 <= st.prompt_loss_weight <= 1.0, "must be in [0, 1] (BLOOMChat used 0)"),
+            ("save_every_steps", st.save_every_steps >= 0, "must be >= 0 (0 = only at the end of the stage)"),
+            ("keep_checkpoints", st.keep_checkpoints >= 1, "must be >= 1"),
+            ("log_every_steps", st.log_every_steps >= 1, "must be >= 1")):
+        if not ok:
+            raise bad(key, msg)
 
 
 def world_size_from_env() -> int:
@@ -417,10 +446,6 @@ def load_recipe(path: str | Path, *, vars: dict[str, str] | None = None, world_s
     return recipe_from_dict(raw, base=path.parent, path=path, vars=vars, world_size=world_size)
 
 
-_TOP = {"name", "base_model", "tokenizer", "output_dir", "seed", "method", "lora", "precision",
-        "gradient_checkpointing", "attention", "chat_format", "defaults", "stages"}
-
-
 def recipe_from_dict(raw: Any, *, base: Path, path: Path | None = None, vars: dict[str, str] | None = None,
                      world_size: int | None = None) -> Recipe:
     ctx = _Ctx(path)
@@ -429,54 +454,42 @@ def recipe_from_dict(raw: Any, *, base: Path, path: Path | None = None, vars: di
     if not isinstance(raw, dict):
         raise ctx.err("the recipe must be a YAML mapping", "(top level)")
     raw = _subst(ctx, raw, vars, "")
-    _check_keys(ctx, raw, _TOP, "")
-    for req in ("name", "base_model", "output_dir", "stages"):
-        if req not in raw:
+    top = recipe_keys(Recipe)
+    _check_keys(ctx, raw, set(top) | {"defaults"}, "")
+    for req, f in top.items():
+        if _default(f) is MISSING and req not in raw:
             raise ctx.err("is missing", req)
-    name = _typed(ctx, raw, "name", "name", str)
-    base_model = _model_ref(base, _typed(ctx, raw, "base_model", "base_model", str))
-    if Path(base_model).is_absolute() and not (Path(base_model) / "config.json").exists():
-        raise ctx.err(f"base model directory {base_model} does not exist or has no config.json",
+    kw = _read(ctx, Recipe, raw, "", skip=("output_dir", "stages", "lora"))
+    kw["base_model"] = _model_ref(base, kw["base_model"])
+    if Path(kw["base_model"]).is_absolute() and not (Path(kw["base_model"]) / "config.json").exists():
+        raise ctx.err(f"base model directory {kw['base_model']} does not exist or has no config.json",
                       "base_model", raw, "base_model")
-    tokenizer = None
-    if raw.get("tokenizer") is not None:
-        tokenizer = _model_ref(base, _typed(ctx, raw, "tokenizer", "tokenizer", str))
-        if Path(tokenizer).is_absolute() and not Path(tokenizer).exists():
-            raise ctx.err(f"tokenizer directory {tokenizer} does not exist", "tokenizer", raw, "tokenizer")
-    out = _resolve(base, _typed(ctx, raw, "output_dir", "output_dir", str))
-    seed = _typed(ctx, raw, "seed", "seed", int) if "seed" in raw else 42
-    method = _typed(ctx, raw, "method", "method", str) if "method" in raw else "full"
-    if method not in ("full", "lora"):
-        raise ctx.err("must be 'full' or 'lora'", "method", raw, "method")
-    lora = None
-    if "lora" in raw:
-        if method != "lora":
-            raise ctx.err("is given but method is 'full'; set method: lora or remove it", "lora", raw, "lora")
-        _check_keys(ctx, raw["lora"], {f.name for f in fields(LoraSettings)}, "lora")
-        lk = {}
-        for k, typ in (("r", int), ("alpha", int), ("dropout", float), ("target_modules", list)):
-            if k in raw["lora"]:
-                lk[k] = _typed(ctx, raw["lora"], k, f"lora.{k}", typ)
-        lora = LoraSettings(**lk)
-        if lora.r < 1 or lora.alpha < 1 or not 0 <= lora.dropout < 1 or not lora.target_modules:
-            raise ctx.err("needs r >= 1, alpha >= 1, 0 <= dropout < 1 and target_modules", "lora", raw, "lora")
-    elif method == "lora":
-        lora = LoraSettings()
-    precision = _typed(ctx, raw, "precision", "precision", str) if "precision" in raw else "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ctx.err("must be fp32, bf16 or fp16", "precision", raw, "precision")
-    gc = _typed(ctx, raw, "gradient_checkpointing", "gradient_checkpointing", bool) if "gradient_checkpointing" in raw else False
-    attention = _typed(ctx, raw, "attention", "attention", str) if "attention" in raw else "sdpa"
-    if attention not in ("sdpa", "eager"):
-        raise ctx.err("must be 'sdpa' (fused, the default) or 'eager' (transformers' own BLOOM kernel)",
-                      "attention", raw, "attention")
-    chat_format = _typed(ctx, raw, "chat_format", "chat_format", str) if "chat_format" in raw else "bloomchat"
-    if chat_format not in ("bloomchat", "base"):
-        raise ctx.err("must be 'bloomchat' (<human>/<bot>, the default) or 'base' (the base model's own chat "
-                      "template)", "chat_format", raw, "chat_format")
+    if kw.get("tokenizer") is not None:
+        kw["tokenizer"] = _model_ref(base, kw["tokenizer"])
+        if Path(kw["tokenizer"]).is_absolute() and not Path(kw["tokenizer"]).exists():
+            raise ctx.err(f"tokenizer directory {kw['tokenizer']} does not exist", "tokenizer", raw, "tokenizer")
+    kw["output_dir"] = _resolve(base, _typed(ctx, raw, "output_dir", "output_dir", str))
+    kw["lora"] = _parse_lora(ctx, raw, kw.get("method", "full"))
+    kw["stages"] = _parse_stages(ctx, raw, base, world_size)
+    return Recipe(**kw, path=path, vars=vars)
+
+
+def _parse_lora(ctx, raw, method: str) -> LoraSettings | None:
+    if "lora" not in raw:
+        return LoraSettings() if method == "lora" else None
+    if method != "lora":
+        raise ctx.err("is given but method is 'full'; set method: lora or remove it", "lora", raw, "lora")
+    _check_keys(ctx, raw["lora"], set(recipe_keys(LoraSettings)), "lora")
+    lora = LoraSettings(**_read(ctx, LoraSettings, raw["lora"], "lora"))
+    if lora.r < 1 or lora.alpha < 1 or not 0 <= lora.dropout < 1 or not lora.target_modules:
+        raise ctx.err("needs r >= 1, alpha >= 1, 0 <= dropout < 1 and target_modules", "lora", raw, "lora")
+    return lora
+
+
+def _parse_stages(ctx, raw, base: Path, world_size: int) -> list[Stage]:
     defaults = raw.get("defaults") or _LineDict()
     if "defaults" in raw:
-        _check_keys(ctx, defaults, set(_STAGE_TYPES) - {"name"}, "defaults")
+        _check_keys(ctx, defaults, set(recipe_keys(Stage)) - {"name", "data"}, "defaults")
     stages_raw = raw["stages"]
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ctx.err("must be a non-empty list of stages", "stages", raw, "stages")
@@ -485,6 +498,4 @@ def recipe_from_dict(raw: Any, *, base: Path, path: Path | None = None, vars: di
         stages.append(_parse_stage(ctx, s, defaults, base, f"stages[{i}]", [x.name for x in stages], world_size))
     if stages[0].init_from == "previous":
         stages[0].init_from = "base"
-    return Recipe(name=name, base_model=base_model, output_dir=out, stages=stages, tokenizer=tokenizer,
-                  seed=seed, method=method, lora=lora, precision=precision, gradient_checkpointing=gc,
-                  attention=attention, chat_format=chat_format, path=path, vars=vars)
+    return stages

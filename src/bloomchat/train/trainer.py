@@ -199,6 +199,15 @@ def _export(accelerator, model, tokenizer, recipe: Recipe, stage_dir: Path, card
     return out
 
 
+def loss_step(model, batch: dict, device, *, bloom: bool | None = None) -> torch.Tensor:
+    """Weighted sum of token losses of one packed micro-batch: the one loss of training and the
+    dev pass (a preference stage would add its own step next to this one, not a second loop)."""
+    logits = packed_forward(model, batch["input_ids"].to(device), batch["segment_ids"].to(device),
+                            batch["flat_index"].to(device), bloom=bloom)
+    ce = F.cross_entropy(logits.float(), batch["targets"].to(device), reduction="none")
+    return (ce * batch["weights"].to(device)).sum()
+
+
 @torch.no_grad()
 def _dev_loss(model, split: PackedSplit, *, micro: int, pad_id: int, plw: float, accelerator) -> float | None:
     """Mean loss per loss token on the dev split (each process a share, summed)."""
@@ -214,11 +223,9 @@ def _dev_loss(model, split: PackedSplit, *, micro: int, pad_id: int, plw: float,
         dev = accelerator.device
         b = collate(split.rows(list(range(start, min(n, start + micro))) if not dummy else [0]), pad_id=pad_id,
                     prompt_loss_weight=plw, pad_to_multiple_of=_pad_multiple(dev))
-        logits = packed_forward(model, b["input_ids"].to(dev), b["segment_ids"].to(dev), b["flat_index"].to(dev))
-        if dummy:
-            continue
-        ce = F.cross_entropy(logits.float(), b["targets"].to(dev), reduction="none")
-        tot += torch.tensor([float((ce * b["weights"].to(dev)).sum()), float(b["weights"].sum())], dtype=torch.float64)
+        loss_sum = loss_step(model, b, dev)
+        if not dummy:
+            tot += torch.tensor([float(loss_sum), float(b["weights"].sum())], dtype=torch.float64)
     tot = accelerator.reduce(tot.to(accelerator.device), reduction="sum").cpu()
     model.train()
     return float(tot[0] / tot[1]) if tot[1] > 0 else None
@@ -265,7 +272,10 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
         raise BloomchatError(f"shards hold token id {train.stats.max_id}, outside the model's vocabulary of {vocab}",
                              where=str(shards))
     bloom = is_bloom(model)
-    install_packed_attention(model, kernel=recipe.attention)
+    try:
+        install_packed_attention(model, kernel=recipe.attention)
+    except ValueError as e:  # e.g. attention: flex on a bloomchat without that kernel
+        raise BloomchatError(str(e), where=f"{recipe.path} attention") from None
     if recipe.method == "lora":
         model = _add_lora(model, recipe)
     model.train()
@@ -299,7 +309,7 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
                      enabled=accelerator.is_main_process)
     pad_id = _pad_id(tokenizer)
     plw = stage.prompt_loss_weight
-    dev_ = accelerator.device
+    device = accelerator.device
     scale = sched.accum * world  # undo the mean over micro-batches (accelerate) and processes (DDP)
     bar = tqdm(total=total, initial=start, desc=f"train {stage.name}", unit="step",
                disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
@@ -323,12 +333,9 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
             slot = sched.slot_rows(rows, micro, rank)
             dummy = len(slot) == 0  # a short last batch: this process still joins the gradient sync
             b = collate(train.rows(list(slot if not dummy else rows[:1])), pad_id=pad_id, prompt_loss_weight=plw,
-                        pad_to_multiple_of=_pad_multiple(dev_))
+                        pad_to_multiple_of=_pad_multiple(device))
             with accelerator.accumulate(model):
-                logits = packed_forward(model, b["input_ids"].to(dev_), b["segment_ids"].to(dev_),
-                                        b["flat_index"].to(dev_), bloom=bloom)
-                ce = F.cross_entropy(logits.float(), b["targets"].to(dev_), reduction="none")
-                loss_sum = (ce * b["weights"].to(dev_)).sum() * (0.0 if dummy else 1.0)
+                loss_sum = loss_step(model, b, device, bloom=bloom) * (0.0 if dummy else 1.0)
                 accelerator.backward(loss_sum * (scale / norm))
                 if accelerator.sync_gradients and stage.max_grad_norm is not None:
                     gn = accelerator.clip_grad_norm_(model.parameters(), stage.max_grad_norm)
@@ -337,7 +344,7 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
                 optimizer.zero_grad(set_to_none=True)
             if not dummy:
                 acc += torch.tensor([float(loss_sum.detach()), b["tokens"], b["loss_tokens"]], dtype=torch.float64)
-        acc = accelerator.reduce(acc.to(dev_), reduction="sum").cpu()
+        acc = accelerator.reduce(acc.to(device), reduction="sum").cpu()
         last_loss = float(acc[0]) / norm
         if not math.isfinite(last_loss):
             raise BloomchatError(f"loss became {last_loss} at step {step + 1}; lower lr or check the data",
