@@ -61,8 +61,12 @@ def _doc(description: str) -> dict:
 #: The error answers of /api routes, for the OpenAPI schema.
 AUTH_ERRORS = {401: _doc("missing, unknown or revoked token"), 413: _doc("request body over the size limit")}
 ADMIN_ERRORS = {**AUTH_ERRORS, 403: _doc("results are for admins only")}
-VOTE_ERRORS = {**AUTH_ERRORS, 403: _doc("this pair is not assigned to you"), 409: _doc("voted already"),
+VOTE_ERRORS = {**AUTH_ERRORS, 400: _doc("the body is not JSON text"), 403: _doc("this pair is not assigned to you"), 409: _doc("voted already"),
                422: _doc("invalid vote (the rejected value is not echoed)")}
+
+
+#: What the download routes send (for the schema).
+FILE_TYPES = {"/api/results.csv": "text/csv", "/api/chart.png": "image/png", "/api/votes.jsonl": "application/x-ndjson"}
 
 
 class TokenCheck:
@@ -98,6 +102,8 @@ def _install_openapi(app: FastAPI) -> None:
                 for op in ops.values():
                     if path.startswith("/api/"):
                         op["security"] = [{"bearerAuth": []}]
+                    if path in FILE_TYPES:  # downloads, not JSON
+                        op["responses"]["200"]["content"] = {FILE_TYPES[path]: {"schema": {"type": "string"}}}
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "description": "a rater token (arena add-rater)"}}
             app.openapi_schema = schema
