@@ -113,7 +113,7 @@ def test_infer_terminal_chat_bad_model_is_one_line(tmp_path):
     assert out.startswith("bloomchat chat: error:") and "not found" in out
 
 
-@pytest.mark.parametrize("flag", [["--temperature", "-1"], ["--max-new-tokens", "0"]])
+@pytest.mark.parametrize("flag", [["--temperature", "-1"], ["--max-new-tokens", "0"], ["--top-k", "-1"]])
 def test_infer_terminal_chat_bad_flags(micro_model_dir, flag, monkeypatch, capsys):
     import bloomchat.cli as cli
 

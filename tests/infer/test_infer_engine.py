@@ -246,3 +246,86 @@ def test_infer_incremental_detokenization_equals_decoding_the_whole_reply(tiny_t
         if not full.endswith("\ufffd"):
             assert s.text == full
     assert s.read_from > 0  # it really decoded only a window
+
+
+@pytest.mark.parametrize("top_k,top_p", [(3, 0.9), (10, 0.5), (50, 0.9), (0, 0.9), (10, 1.0)])
+def test_infer_top_k_then_top_p_sampling_has_the_warpers_distribution(top_k, top_p):
+    """top_k then top_p, as transformers' generate applies TopKLogitsWarper then TopPLogitsWarper:
+    frequencies of 40k draws equal that distribution (top_k 0 = off)."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from bloomchat.infer.engine import sample_top_p, top_k_probs
+
+    g = torch.Generator().manual_seed(top_k + 7)
+    logits = torch.randn(1, 64, generator=g) * 1.5
+    scores = TopKLogitsWarper(top_k)(None, logits.clone()) if top_k else logits.clone()
+    want = TopPLogitsWarper(top_p)(None, scores).softmax(-1)[0]
+    n = 40000
+    probs = top_k_probs(logits.softmax(-1).repeat(n, 1), torch.full((n,), top_k))
+    draws = sample_top_p(probs, torch.full((n,), top_p), [None] * n)
+    freq = torch.bincount(draws, minlength=64).float() / n
+    assert torch.all(freq[want == 0] == 0)  # never outside top-k and the nucleus
+    assert torch.allclose(freq, want, atol=0.01)
+
+
+def test_infer_top_k_rows_mix_in_one_batch_and_keep_ties():
+    from bloomchat.infer.engine import top_k_probs
+
+    p = torch.tensor([[0.4, 0.2, 0.2, 0.1, 0.1], [0.4, 0.2, 0.2, 0.1, 0.1], [0.4, 0.2, 0.2, 0.1, 0.1]])
+    got = top_k_probs(p, torch.tensor([2, 0, 9]))
+    assert torch.allclose(got[0], torch.tensor([0.5, 0.25, 0.25, 0, 0]))  # the tie with the 2nd is kept
+    assert torch.equal(got[1], p[1]) and torch.equal(got[2], p[2])  # 0 = off; k beyond the vocabulary
+
+
+def test_infer_top_k_1_sampling_is_greedy(cm):
+    msgs = PROMPTS[0]
+    greedy = cm.reply(msgs, GREEDY)
+    sampled = cm.reply(msgs, GREEDY.replace(temperature=1.0, top_k=1, seed=5))
+    assert sampled == greedy
+
+
+def test_infer_repetition_penalty_spares_special_tokens_hand_computed():
+    from bloomchat.infer.engine import apply_repetition_penalty
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    seen = torch.tensor([[True, True, False, True]])
+    penalisable = torch.tensor([True, True, True, False])  # token 3 is EOS
+    got = apply_repetition_penalty(logits, seen, torch.tensor([[1.2]]), penalisable)
+    assert torch.allclose(got, torch.tensor([[2.0 / 1.2, -1.0 * 1.2, 0.5, 3.0]]))
+
+
+class _FixedLM(torch.nn.Module):
+    """Every step the same logits: EOS (id 2) 2.0, token 5 1.8, all others 0."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        from transformers import BloomConfig, GenerationConfig
+
+        self.config, self.generation_config = BloomConfig(vocab_size=vocab), GenerationConfig(eos_token_id=2)
+        self.vocab, self.w = vocab, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, cache=None, attention_mask=None, use_cache=True):
+        from types import SimpleNamespace
+
+        from transformers import DynamicCache
+
+        b, t = input_ids.shape
+        cache = cache if cache is not None else DynamicCache()
+        cache.update(torch.zeros(b, 1, t, 1), torch.zeros(b, 1, t, 1), 0)
+        logits = torch.zeros(b, t, self.vocab)
+        logits[..., 2], logits[..., 5] = 2.0, 1.8
+        return SimpleNamespace(logits=logits, cache=cache)
+
+
+def test_infer_eos_in_a_multi_turn_prompt_is_not_penalised(tiny_tokenizer):
+    """From the second turn the prompt holds `</s>` after the earlier reply. Penalised (2.0 / 1.2 =
+    1.67 < 1.8) the model would go on with token 5; spared, EOS (2.0) stays the most likely and it stops."""
+    from bloomchat.infer import ChatModel
+
+    cm = ChatModel(_FixedLM(len(tiny_tokenizer)), tiny_tokenizer)
+    try:
+        ids = [7, 8, 2, 9]  # a prompt holding EOS
+        ev = cm.generate_ids([ids], GREEDY.replace(repetition_penalty=1.2, max_new_tokens=3))[0]
+        assert ev.finish_reason == "stop" and ev.completion_tokens == 1  # EOS at once (penalised: 5, then EOS)
+    finally:
+        cm.close()

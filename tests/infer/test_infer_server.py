@@ -259,3 +259,21 @@ def test_infer_full_queue_is_429_not_a_hang(tiny_tokenizer):
         assert _wait_idle(srv)
         assert c.chat.completions.create(model="busy", messages=USER, max_tokens=5).choices[0].finish_reason
     cm.close()
+
+
+def test_infer_usage_counts_a_reply_cut_by_the_repetition_guard(tiny_tokenizer):
+    """A reply the loop guard cuts still reports the tokens generated up to the cut (it said 0)."""
+    unit = " I am fine."
+    looping = scripted_chat_model(tiny_tokenizer, unit * 12, name="loop")
+    n_unit = len(tiny_tokenizer(unit, add_special_tokens=False)["input_ids"])
+    with BackgroundServer(create_app(looping, guards=GuardConfig(language=False, moderator=None))) as srv:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        r = c.chat.completions.create(model="loop", messages=USER, max_tokens=64)
+        assert r.choices[0].message.content == "I am fine."
+        # the guard sees a loop after 3 copies: at least those were generated, never more than asked
+        assert 3 * n_unit <= r.usage.completion_tokens <= 64
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+        chunks = list(c.chat.completions.create(model="loop", messages=USER, max_tokens=64, stream=True,
+                                                stream_options={"include_usage": True}))
+        assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    looping.close()

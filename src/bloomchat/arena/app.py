@@ -61,8 +61,12 @@ def _doc(description: str) -> dict:
 #: The error answers of /api routes, for the OpenAPI schema.
 AUTH_ERRORS = {401: _doc("missing, unknown or revoked token"), 413: _doc("request body over the size limit")}
 ADMIN_ERRORS = {**AUTH_ERRORS, 403: _doc("results are for admins only")}
-VOTE_ERRORS = {**AUTH_ERRORS, 403: _doc("this pair is not assigned to you"), 409: _doc("voted already"),
+VOTE_ERRORS = {**AUTH_ERRORS, 400: _doc("the body is not JSON text"), 403: _doc("this pair is not assigned to you"), 409: _doc("voted already"),
                422: _doc("invalid vote (the rejected value is not echoed)")}
+
+
+#: What the download routes send (for the schema).
+FILE_TYPES = {"/api/results.csv": "text/csv", "/api/chart.png": "image/png", "/api/votes.jsonl": "application/x-ndjson"}
 
 
 class TokenCheck:
@@ -98,6 +102,8 @@ def _install_openapi(app: FastAPI) -> None:
                 for op in ops.values():
                     if path.startswith("/api/"):
                         op["security"] = [{"bearerAuth": []}]
+                    if path in FILE_TYPES:  # downloads, not JSON
+                        op["responses"]["200"]["content"] = {FILE_TYPES[path]: {"schema": {"type": "string"}}}
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "description": "a rater token (arena add-rater)"}}
             app.openapi_schema = schema
@@ -106,11 +112,22 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi
 
 
+def current(request: Request) -> Rater:
+    r = getattr(request.state, "rater", None)
+    if r is None:  # TokenCheck sets it for every /api path
+        raise HTTPException(401, "sign in with your token (Authorization: Bearer <token>)")
+    return r
+
+
+def admin(r: Rater = Depends(current)) -> Rater:
+    if not r.is_admin:
+        raise HTTPException(403, "results are for admins only")
+    return r
+
+
 def create_app(db: Database, *, overlap: float = 0.1, seed: int | None = None) -> FastAPI:
     """The app over an open Database; `overlap` = share of pairs given to a second rater (agreement)."""
     app = FastAPI(title="bloomchat arena", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
-    rng = random.Random(seed)
-    rng_lock = threading.Lock()
 
     # innermost first: the token check, then the size limit, then the headers every answer carries
     app.add_middleware(TokenCheck, db=db)
@@ -126,22 +143,10 @@ def create_app(db: Database, *, overlap: float = 0.1, seed: int | None = None) -
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
-
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):  # FastAPI's own echoes the whole input
         detail = [{"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")} for err in e.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
-
-    def current(request: Request) -> Rater:
-        r = getattr(request.state, "rater", None)
-        if r is None:  # TokenCheck sets it for every /api path
-            raise HTTPException(401, "sign in with your token (Authorization: Bearer <token>)")
-        return r
-
-    def admin(r: Rater = Depends(current)) -> Rater:
-        if not r.is_admin:
-            raise HTTPException(403, "results are for admins only")
-        return r
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -152,6 +157,15 @@ def create_app(db: Database, *, overlap: float = 0.1, seed: int | None = None) -
     @app.get("/healthz")
     def healthz():
         return {"ok": True}
+
+    _rater_routes(app, db, overlap=overlap, seed=seed)
+    _admin_routes(app, db)
+    return app
+
+
+def _rater_routes(app: FastAPI, db: Database, *, overlap: float, seed: int | None) -> None:
+    rng = random.Random(seed)
+    rng_lock = threading.Lock()
 
     @app.get("/api/me", responses=AUTH_ERRORS)
     def me(r: Rater = Depends(current)):
@@ -193,6 +207,9 @@ def create_app(db: Database, *, overlap: float = 0.1, seed: int | None = None) -
             return {"assignment_id": a.id, "choice": a.choice,
                     "left_system": a.left_system, "right_system": a.right_system}
 
+
+
+def _admin_routes(app: FastAPI, db: Database) -> None:
     cache: dict = {}
     cache_lock = threading.Lock()
 
@@ -238,5 +255,3 @@ def create_app(db: Database, *, overlap: float = 0.1, seed: int | None = None) -
                       s.execute(select(Rater.name, Rater.langs, Rater.is_admin).order_by(Rater.id)).all()]
             open_ = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.choice.is_(None)))
         return {"prompts_by_lang": prompts, "replies_by_system": replies, "raters": raters, "open_assignments": open_}
-
-    return app

@@ -1,11 +1,11 @@
 """`bloomchat chat MODEL`: a multi-turn terminal chat, replies streamed as they are generated.
 
-    bloomchat chat out/stage2                          # BLOOMChat defaults: T 0.8, top_p 0.9, rep 1.2, 512 tokens
+    bloomchat chat out/stage2                          # BLOOMChat defaults: T 0.8, top_p 0.9, top_k 50, rep 1.2, 512 tokens
     bloomchat chat out/stage2 --temperature 0 --max-new-tokens 256 --quantize int8
     bloomchat chat my-model --backend openai --base-url http://127.0.0.1:8000/v1
 
-In the session: /set NAME VALUE (temperature, top_p, repetition_penalty, max_new_tokens, seed,
-stop), /params, /reset, /save FILE (.jsonl: a prepared-file record; else JSON), /stats, /help,
+In the session: /set NAME VALUE (temperature, top_p, top_k, repetition_penalty, max_new_tokens,
+seed, stop), /params, /reset, /save FILE (.jsonl: a prepared-file record; else JSON), /stats, /help,
 /quit. Ctrl-C stops a reply; Ctrl-D leaves. A line ending in a backslash continues on the next.
 """
 
@@ -20,7 +20,7 @@ from bloomchat.errors import BloomchatError
 from bloomchat.infer.params import GenerationParams
 
 HELP = """commands:
-  /set NAME VALUE   change a sampling parameter (temperature, top_p, repetition_penalty,
+  /set NAME VALUE   change a sampling parameter (temperature, top_p, top_k, repetition_penalty,
                     max_new_tokens, seed, stop; stop strings are separated by |)
   /params           show the parameters
   /reset            forget the conversation
