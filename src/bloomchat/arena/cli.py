@@ -10,6 +10,8 @@
     bloomchat arena serve --port 8000                          # rating page + admin results page
     bloomchat arena results --ties seed                        # table in the terminal
     bloomchat arena export --out arena-results/                # JSON, CSV, votes, chart PNG, HTML
+    bloomchat arena export-replies --systems base,stage2 --out pairs/   # for an LLM judge (eval --task judge)
+    bloomchat arena judge-agreement --judge runs/judge --out agreement/ # the judge vs the raters, per language
 
 Every command takes --db (file path or SQLAlchemy URL such as
 postgresql+psycopg2://arena@db.example:5432/arena); default $BLOOMCHAT_ARENA_DB or ./arena.sqlite.
@@ -219,6 +221,37 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_export_replies(args) -> int:
+    from bloomchat.arena.judge_agreement import export_replies
+
+    counts = export_replies(_db(args), _langs(args.systems), args.out, _langs(args.lang) or None)
+    n = next(iter(counts.values()))
+    print(f"{n} prompts answered by {', '.join(counts)}: " + ", ".join(f"{args.out}/{x}.jsonl" for x in counts))
+    return 0
+
+
+def cmd_judge_agreement(args) -> int:
+    from bloomchat.arena.judge_agreement import judge_agreement
+
+    doc = judge_agreement(_db(args), args.judge, args.out, task=args.task, langs=_langs(args.lang) or None,
+                          bootstrap=args.bootstrap)
+
+    def f(x, ci):
+        return "-" if x is None else f"{x:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    print(f"{'lang':6} {'votes':>6} {'prompts':>7}  {'agreement':22} kappa")
+    for g, v in doc["by_lang"].items():
+        print(f"{g:6} {v['n']:>6} {v['prompts']:>7}  {f(v['agreement'], v['agreement_ci95']):22} "
+              f"{f(v['kappa'], v['kappa_ci95'])}")
+    print("judge cannot stand in for native speakers in: " + (", ".join(doc["cannot_stand_in"]) or "none")
+          + f" ({doc['rule']})")
+    if doc["too_few_votes"]:
+        print("too few paired votes to tell: " + ", ".join(doc["too_few_votes"]))
+    if args.out:
+        print(f"wrote judge_agreement.json and judge_agreement.png to {args.out}")
+    return 0
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("arena", help="human evaluation: blind pairwise votes by native speakers",
                               description=__doc__.split("\n\n")[0])
@@ -283,6 +316,22 @@ def add_parser(subparsers) -> None:
                    help="share of pairs given to a second rater to measure agreement (0..1, default 0.1)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("export-replies", parents=[common],
+                       help="two or more systems' replies on the prompts all answered, one JSONL per system")
+    s.add_argument("--systems", required=True, help="comma-separated system names, e.g. base,stage2")
+    s.add_argument("--lang", help="only these languages, e.g. zh,fr")
+    s.add_argument("--out", required=True, help="folder for <system>.jsonl")
+    s.set_defaults(func=cmd_export_replies)
+
+    s = sub.add_parser("judge-agreement", parents=[common],
+                       help="an LLM judge's verdicts (eval --task judge) beside the raters' votes, per language")
+    s.add_argument("--judge", required=True, help="eval run dir holding a judge task")
+    s.add_argument("--task", help="the judge task's name when the run dir holds several")
+    s.add_argument("--lang", help="only these languages, e.g. zh,fr")
+    s.add_argument("--out", help="folder for judge_agreement.json and judge_agreement.png")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples over prompts for the intervals")
+    s.set_defaults(func=cmd_judge_agreement)
 
     for name, helptext, fn in (("results", "print the results table (and write files with --out)", cmd_results),
                                ("export", "write results (JSON, CSV, PNG, HTML, raw votes) and/or the prompts", cmd_export)):

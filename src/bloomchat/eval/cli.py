@@ -7,6 +7,7 @@
     bloomchat eval run out/stage2 --task chat --data ../shared/data/eval_prompts_vicuna80_12lang --guards both -o runs/stage2
     bloomchat eval run my-model --backend openai --base-url http://127.0.0.1:8000/v1 --task chat --data ../shared/data/belle_eval_set_zh -o runs/served
     bloomchat eval run out/stage2 --task fertility --data ../shared/data/flores101 -o runs/stage2
+    bloomchat eval run JUDGE --task judge --data runs/base --data-b runs/stage2 -o runs/judge
     bloomchat eval run out/stage2 --spec tasks.yaml -o runs/stage2
     bloomchat eval compare runs/base runs/stage1 runs/stage2 -o runs/compare
     bloomchat eval convert ../shared/data/xwinograd/xwinograd.tsv --format xwinograd -o xwinograd.jsonl
@@ -30,8 +31,9 @@ TASK_KEYS = {
     "task", "data", "format", "name", "limit", "directions", "split", "shots", "prompt", "bleu_tokenize",
     "first_line", "langs", "lang", "norm", "mc_format", "guards", "greedy", "temperature", "top_p",
     "repetition_penalty", "seed", "max_new_tokens", "degenerate_threshold", "tokenizer",
+    "data_b", "prompts",
 }
-TASKS = ("translation", "mc", "mgsm", "chat", "fertility")
+TASKS = ("translation", "mc", "mgsm", "chat", "fertility", "judge")
 SUBCOMMANDS = ("run", "compare", "convert")
 
 
@@ -63,7 +65,7 @@ def add_parser(subparsers) -> None:
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="evaluate one model into a run dir",
-                       description="bloomchat eval run MODEL --task translation|mc|mgsm|chat|fertility --data PATH -o RUNDIR")
+                       description="bloomchat eval run MODEL --task translation|mc|mgsm|chat|fertility|judge --data PATH -o RUNDIR")
     p.add_argument("model", metavar="MODEL",
                    help="model dir or hub name (for --backend openai: the served model's name)")
     p.add_argument("-o", "--out", help="run dir")
@@ -95,6 +97,8 @@ def _add_run(sub) -> None:
                     help="XWinograd/XCOPA: score the text as written (native), or build "
                          "lm-evaluation-harness's requests to compare with its published tables (lm-eval)")
     mc.add_argument("--tokenizer", help="fertility: measure this tokenizer (folder or .gguf file) instead of MODEL's")
+    mc.add_argument("--data-b", help="judge: system B's replies (run dir or JSONL); --data holds system A's")
+    mc.add_argument("--prompts", help="judge: prompts JSONL for reply files without them (arena export --prompts)")
     mc.add_argument("--guards", choices=["off", "on", "both"],
                     help="chat without / with bloomchat.infer's guards, or both arms "
                          "(default: no guards; a local model always generates through bloomchat.infer's engine)")
@@ -218,6 +222,18 @@ def make_tasks(opts: dict, where: str = "command line") -> list:
                 raise BloomchatError(f"{k} does not apply to multiple choice", where=where)
         return [MCTask(langs=langs, lang=lang, norm=opts.get("norm", "sum"),
                        mc_format=opts.get("mc_format", "native"), **common)]
+    for k, only in (("data_b", "judge"), ("prompts", "judge")):
+        if k in opts and kind != only:
+            raise BloomchatError(f"{k} applies to --task {only} only", where=where)
+    if kind == "judge":
+        from bloomchat.eval.judge import JUDGE_PARAMS, JudgeTask
+
+        for k in ("guards", "shots", "tokenizer", "mc_format", "norm", "directions"):
+            if k in opts:
+                raise BloomchatError(f"{k} does not apply to judge", where=where)
+        common.pop("format")
+        return [JudgeTask(data_b=str(opts.get("data_b") or ""), prompts=opts.get("prompts"), langs=langs,
+                          params=_gen_params(opts, JUDGE_PARAMS, where), **common)]
     if "tokenizer" in opts and kind != "fertility":
         raise BloomchatError(f"tokenizer does not apply to {kind}", where=where)
     for k in ("mc_format", "norm", "directions"):

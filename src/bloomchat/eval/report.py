@@ -49,6 +49,16 @@ def task_table(name: str, entry: dict) -> str:
         lines.append("")
         lines.append(delta_table(f"What the guards change (guards on minus {entry['guards_effect']['versus']}, "
                                  "paired bootstrap)", entry["guards_effect"]["deltas"], info))
+    if entry.get("length_controlled_a_score"):
+        sy = entry.get("systems", {})
+        lines.append("")
+        lines.append(f"A = {sy.get('a')}, B = {sy.get('b')}; both orders asked, outcome = the verdict both agree on, "
+                     f"else tie ({entry.get('unparsed_verdicts', 0)} verdicts unparsed). Length-controlled a_score "
+                     "(%, at equal reply lengths): " + "; ".join(
+                         f"{g}: {fmt(v, True)}" for g, v in entry["length_controlled_a_score"].items()))
+    if entry.get("units"):
+        lines.append("")
+        lines.append("Fertility units: " + ", ".join(f"{g} tokens/{u}" for g, u in entry["units"].items()))
     if entry.get("signatures"):
         lines.append("")
         lines.append("sacrebleu signatures: " + "; ".join(
