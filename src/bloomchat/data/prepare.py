@@ -36,10 +36,9 @@ from tqdm.auto import tqdm
 from bloomchat.data import langid
 from bloomchat.data.filters import FilterConfig, Filters
 from bloomchat.data.ledger import Ledger
+from bloomchat.data.options import DEFAULT_OPTIONS, check_options
 from bloomchat.data.readers import (
-    OIG_BASIC_COPIES,
     OIG_PER_SOURCE,
-    OIG_SKIP_SOURCES,
     PROSOCIAL_CHECKS,
     no_usable_line,
     oig_copies,
@@ -56,36 +55,6 @@ from bloomchat.errors import BloomchatError
 #: Conversations tagged per language-ID round: big enough to keep worker processes busy
 #: (256 per task), small enough to keep memory flat (~1 MB of texts).
 LANGID_BATCH = 2048
-
-#: Options `prepare(**options)` accepts, with defaults (the CLI flags map onto these names).
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "filters": True,  # False: every filter off (BLOOMChat-exact output)
-    "dedup": True,
-    "empty_turns": True,
-    "max_turn_chars": FilterConfig().max_turn_chars,
-    "alternation": True,
-    "bot_last": True,
-    "normalize_tags": False,  # OIG: write `Rosey:` bot tags as `<bot>:` in the completion text
-    "skip_sources": OIG_SKIP_SOURCES,
-    # OIG: where skip_sources is looked up. "meta_or_metadata": `metadata` (OIG's files), else `meta`;
-    # "meta": only `meta`, as BLOOMChat's script did (so on OIG's files it skips nothing). The summary's
-    # oig_skip_rules counts what each rule would skip.
-    "prosocial_check": "meta_or_metadata",
-    # OASST1: keep only the message trees of one split, read from this file (HF oasst1's
-    # data/train-*.parquet or any file with message_tree_id fields, or a .txt of tree ids); None: all.
-    "oasst1_trees": None,
-    "basic_repeat": OIG_BASIC_COPIES - 1,  # extra copies of each unified_basic item (BLOOMChat: 1000)
-    "detect_lang": True,
-    "lang_candidates": None,  # None: langid.DEFAULT_CANDIDATES; "all"; or a list of codes
-    "keep_langs": None,  # e.g. ["zh", "en"]: every other language is dropped
-    "drop_langs": None,
-    "max_per_lang": None,  # cap on conversations per language (random, seeded)
-    "balance_langs": False,  # cap every language at the smallest language's count
-    "shuffle": True,
-    "num_proc": 1,  # processes for language ID, the costly step (~4,800 Dolly conversations/s each)
-    "progress": True,
-}
-
 
 def summary_path(out: Path) -> Path:
     return out.with_name(out.stem + ".summary.json")
@@ -104,24 +73,9 @@ def _as_paths(name: str, value: Any) -> list[Path]:
 
 
 def _options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise BloomchatError(f"unknown prepare option(s): {', '.join(unknown)} (known: {', '.join(DEFAULT_OPTIONS)})")
-    opts = {**DEFAULT_OPTIONS, **options}
-    if not isinstance(opts["basic_repeat"], int) or opts["basic_repeat"] < 0:
-        raise BloomchatError(f"basic_repeat must be an integer >= 0, got {opts['basic_repeat']!r}")
-    if not isinstance(opts["num_proc"], int) or opts["num_proc"] < 1:
-        raise BloomchatError(f"num_proc must be a positive integer, got {opts['num_proc']!r}")
-    for k in ("max_per_lang", "max_turn_chars"):
-        if opts[k] is not None and (not isinstance(opts[k], int) or opts[k] < 1):
-            raise BloomchatError(f"{k} must be a positive integer, got {opts[k]!r}")
-    if opts["prosocial_check"] not in PROSOCIAL_CHECKS:
-        raise BloomchatError(f"prosocial_check must be one of {', '.join(PROSOCIAL_CHECKS)}, got {opts['prosocial_check']!r}")
-    if opts["oasst1_trees"] is not None and not isinstance(opts["oasst1_trees"], (str, os.PathLike)):
-        raise BloomchatError(f"oasst1_trees must be a file path, got {opts['oasst1_trees']!r}")
-    for k in ("keep_langs", "drop_langs"):
-        if isinstance(opts[k], str):
-            opts[k] = [opts[k]]
+    opts = check_options(options)
+    if opts["oasst1_trees"] is not None:
+        opts["oasst1_trees"] = Path(opts["oasst1_trees"])
     return opts
 
 
@@ -143,7 +97,8 @@ def prepare(
     unique_conversations, by_source, by_lang, filtered_conversations (by reason), files (per
     input file: lines_read, kept, filtered and rejected lines by reason, conversations_out,
     balanced), balanced (all files), rejects, rejects_written, options, seconds.
-    `options` are DEFAULT_OPTIONS' keys; an unknown one is a BloomchatError.
+    `options` are bloomchat.data.options.PrepareOptions' fields (DEFAULT_OPTIONS' keys), each
+    checked against its declared type; an unknown or ill-typed one is a BloomchatError.
     """
     t0 = time.perf_counter()
     opts = _options(options)
