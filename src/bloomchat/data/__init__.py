@@ -4,7 +4,8 @@
     bloomchat data-report dolly.jsonl -o report/
 """
 
-from bloomchat.data.prepare import DEFAULT_OPTIONS, prepare, rejects_path, summary_path
+from bloomchat.data.options import DEFAULT_OPTIONS, PrepareOptions
+from bloomchat.data.prepare import prepare, rejects_path, summary_path
 from bloomchat.data.readers import (
     OIG_BASIC_COPIES,
     OIG_PER_SOURCE,
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "OIG_BASIC_COPIES",
     "OIG_PER_SOURCE",
+    "PrepareOptions",
     "iter_dolly",
     "iter_oasst1",
     "iter_oig",

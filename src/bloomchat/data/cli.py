@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
+from bloomchat.data.options import add_option_flags, options_from_args
 from bloomchat.errors import BloomchatError
 
 
@@ -44,43 +45,7 @@ def add_parser(subparsers, resolve_recipe: Callable[[Path, str | None, dict], di
     p.add_argument("--seed", type=int, default=None, help="shuffle / sampling seed (default 42 or the recipe's)")
     p.add_argument("--per-source", type=int, default=None, metavar="N",
                    help="OIG: first N items of each file, skipped ones included (default 100000)")
-    p.add_argument("--basic-repeat", type=int, default=None, metavar="N",
-                   help="OIG unified_basic: extra copies of each item (default 1000, i.e. 1001 in all)")
-    p.add_argument("--normalize-tags", action="store_true", default=None,
-                   help="OIG: write 'Rosey:' bot tags as '<bot>:' in the completion text")
-    p.add_argument("--prosocial-check", choices=("meta_or_metadata", "meta"), default=None,
-                   help="OIG: field whose source is tested against skip_sources (prosocial): 'meta_or_metadata' (default) or only 'meta' "
-                   "as BLOOMChat's script (which skips nothing on OIG's files)")
-    p.add_argument("--oasst1-trees", type=Path, default=None, metavar="FILE",
-                   help="OASST1: keep only the trees of one split, listed by this file (HF oasst1 "
-                   "data/train-*.parquet, any file with message_tree_id, or a .txt of tree ids)")
-    p.add_argument("--no-shuffle", dest="shuffle", action="store_false", default=None,
-                   help="keep input order (default: shuffle everything with the seed, as BLOOMChat did)")
-    f = p.add_argument_group("filters (all on by default; each counted by reason in the summary)")
-    f.add_argument("--no-filters", dest="filters", action="store_false", default=None,
-                   help="every filter off: exactly BLOOMChat's texts")
-    f.add_argument("--no-dedup", dest="dedup", action="store_false", default=None,
-                   help="keep exact duplicate conversations")
-    f.add_argument("--keep-empty-turns", dest="empty_turns", action="store_false", default=None,
-                   help="keep conversations with an empty or whitespace-only turn")
-    f.add_argument("--max-turn-chars", type=int, default=None, metavar="N",
-                   help="drop conversations with a longer turn (default 8192; 0 = no limit)")
-    f.add_argument("--allow-non-alternating", dest="alternation", action="store_false", default=None,
-                   help="keep conversations whose turns do not alternate human/bot from a human turn")
-    f.add_argument("--allow-human-last", dest="bot_last", action="store_false", default=None,
-                   help="keep conversations that do not end with a bot turn")
-    lg = p.add_argument_group("languages")
-    lg.add_argument("--keep-lang", nargs="+", dest="keep_langs", metavar="CODE", help="keep only these languages")
-    lg.add_argument("--drop-lang", nargs="+", dest="drop_langs", metavar="CODE", help="drop these languages")
-    lg.add_argument("--max-per-lang", type=int, metavar="N", help="at most N conversations per language")
-    lg.add_argument("--balance-langs", action="store_true", default=None,
-                    help="cap every language at the count of the smallest one")
-    lg.add_argument("--lang-candidates", nargs="+", metavar="CODE",
-                    help="languages the detector may answer ('all': its 140; default: 93 common ones, see bloomchat.data.langid)")
-    lg.add_argument("--no-langid", dest="detect_lang", action="store_false", default=None,
-                    help="do not detect languages (lang stays null unless the data has one)")
-    p.add_argument("--num-proc", type=int, default=None, metavar="N",
-                   help="processes for language detection, the slow step (default 1)")
+    add_option_flags(p)  # one flag per prepare option, from bloomchat.data.options.PrepareOptions
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_prepare, resolve_recipe=resolve_recipe)
 
@@ -93,15 +58,6 @@ def add_parser(subparsers, resolve_recipe: Callable[[Path, str | None, dict], di
     r.add_argument("file", type=Path, metavar="FILE", help="prepared JSONL")
     r.add_argument("-o", "--out", type=Path, default=None, metavar="DIR", help="output folder (default FILE-stem.report/)")
     r.set_defaults(func=run_report)
-
-
-_OPTION_FLAGS = ("filters", "dedup", "empty_turns", "alternation", "bot_last", "normalize_tags", "shuffle",
-                 "keep_langs", "drop_langs", "max_per_lang", "balance_langs", "detect_lang", "basic_repeat", "num_proc",
-                 "prosocial_check", "oasst1_trees")
-
-
-def _candidates(v):
-    return v[0] if v and len(v) == 1 and v[0] in ("all", "default") else v
 
 
 def _set_vars(items: list[str]) -> dict[str, str]:
@@ -130,13 +86,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     for k in ("seed", "per_source"):
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
-    for k in _OPTION_FLAGS:
-        if getattr(args, k) is not None:
-            kw[k] = getattr(args, k)
-    if args.lang_candidates is not None:
-        kw["lang_candidates"] = _candidates(args.lang_candidates)
-    if args.max_turn_chars is not None:
-        kw["max_turn_chars"] = args.max_turn_chars or None
+    kw.update(options_from_args(args))
     kw["progress"] = not args.quiet
     s = prepare(out=args.out, rejects=args.rejects, **kw)
     ok = "balanced" if s["balanced"] else "NOT BALANCED (a bug: please report)"

@@ -36,10 +36,9 @@ from tqdm.auto import tqdm
 from bloomchat.data import langid
 from bloomchat.data.filters import FilterConfig, Filters
 from bloomchat.data.ledger import Ledger
+from bloomchat.data.options import DEFAULT_OPTIONS, check_options
 from bloomchat.data.readers import (
-    OIG_BASIC_COPIES,
     OIG_PER_SOURCE,
-    OIG_SKIP_SOURCES,
     PROSOCIAL_CHECKS,
     no_usable_line,
     oig_copies,
@@ -56,36 +55,6 @@ from bloomchat.errors import BloomchatError
 #: Conversations tagged per language-ID round: big enough to keep worker processes busy
 #: (256 per task), small enough to keep memory flat (~1 MB of texts).
 LANGID_BATCH = 2048
-
-#: Options `prepare(**options)` accepts, with defaults (the CLI flags map onto these names).
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "filters": True,  # False: every filter off (BLOOMChat-exact output)
-    "dedup": True,
-    "empty_turns": True,
-    "max_turn_chars": FilterConfig().max_turn_chars,
-    "alternation": True,
-    "bot_last": True,
-    "normalize_tags": False,  # OIG: write `Rosey:` bot tags as `<bot>:` in the completion text
-    "skip_sources": OIG_SKIP_SOURCES,
-    # OIG: where skip_sources is looked up. "meta_or_metadata": `metadata` (OIG's files), else `meta`;
-    # "meta": only `meta`, as BLOOMChat's script did (so on OIG's files it skips nothing). The summary's
-    # oig_skip_rules counts what each rule would skip.
-    "prosocial_check": "meta_or_metadata",
-    # OASST1: keep only the message trees of one split, read from this file (HF oasst1's
-    # data/train-*.parquet or any file with message_tree_id fields, or a .txt of tree ids); None: all.
-    "oasst1_trees": None,
-    "basic_repeat": OIG_BASIC_COPIES - 1,  # extra copies of each unified_basic item (BLOOMChat: 1000)
-    "detect_lang": True,
-    "lang_candidates": None,  # None: langid.DEFAULT_CANDIDATES; "all"; or a list of codes
-    "keep_langs": None,  # e.g. ["zh", "en"]: every other language is dropped
-    "drop_langs": None,
-    "max_per_lang": None,  # cap on conversations per language (random, seeded)
-    "balance_langs": False,  # cap every language at the smallest language's count
-    "shuffle": True,
-    "num_proc": 1,  # processes for language ID, the costly step (~4,800 Dolly conversations/s each)
-    "progress": True,
-}
-
 
 def summary_path(out: Path) -> Path:
     return out.with_name(out.stem + ".summary.json")
@@ -104,24 +73,9 @@ def _as_paths(name: str, value: Any) -> list[Path]:
 
 
 def _options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise BloomchatError(f"unknown prepare option(s): {', '.join(unknown)} (known: {', '.join(DEFAULT_OPTIONS)})")
-    opts = {**DEFAULT_OPTIONS, **options}
-    if not isinstance(opts["basic_repeat"], int) or opts["basic_repeat"] < 0:
-        raise BloomchatError(f"basic_repeat must be an integer >= 0, got {opts['basic_repeat']!r}")
-    if not isinstance(opts["num_proc"], int) or opts["num_proc"] < 1:
-        raise BloomchatError(f"num_proc must be a positive integer, got {opts['num_proc']!r}")
-    for k in ("max_per_lang", "max_turn_chars"):
-        if opts[k] is not None and (not isinstance(opts[k], int) or opts[k] < 1):
-            raise BloomchatError(f"{k} must be a positive integer, got {opts[k]!r}")
-    if opts["prosocial_check"] not in PROSOCIAL_CHECKS:
-        raise BloomchatError(f"prosocial_check must be one of {', '.join(PROSOCIAL_CHECKS)}, got {opts['prosocial_check']!r}")
-    if opts["oasst1_trees"] is not None and not isinstance(opts["oasst1_trees"], (str, os.PathLike)):
-        raise BloomchatError(f"oasst1_trees must be a file path, got {opts['oasst1_trees']!r}")
-    for k in ("keep_langs", "drop_langs"):
-        if isinstance(opts[k], str):
-            opts[k] = [opts[k]]
+    opts = check_options(options)
+    if opts["oasst1_trees"] is not None:
+        opts["oasst1_trees"] = Path(opts["oasst1_trees"])
     return opts
 
 
@@ -143,7 +97,8 @@ def prepare(
     unique_conversations, by_source, by_lang, filtered_conversations (by reason), files (per
     input file: lines_read, kept, filtered and rejected lines by reason, conversations_out,
     balanced), balanced (all files), rejects, rejects_written, options, seconds.
-    `options` are DEFAULT_OPTIONS' keys; an unknown one is a BloomchatError.
+    `options` are bloomchat.data.options.PrepareOptions' fields (DEFAULT_OPTIONS' keys), each
+    checked against its declared type; an unknown or ill-typed one is a BloomchatError.
     """
     t0 = time.perf_counter()
     opts = _options(options)
@@ -151,137 +106,47 @@ def prepare(
     inputs: list[tuple[str, Path]] = []
     for kind, value in (("oig", oig), ("dolly", dolly), ("oasst1", oasst1), ("jsonl", jsonl)):
         inputs += [(kind, check_file(p)) for p in _as_paths(kind, value)]
-    if not inputs:
-        raise BloomchatError("no input: give at least one of --oig, --dolly, --oasst1, --jsonl")
-    if not isinstance(per_source, int) or per_source < 1:
-        raise BloomchatError(f"per_source must be a positive integer, got {per_source!r}")
-    if out.suffix.lower() in (".gz", ".parquet", ".json", ".bz2", ".zst"):
-        raise BloomchatError("prepare writes plain JSON Lines: name the output *.jsonl", where=str(out))
-    if not out.parent.exists():
-        raise BloomchatError("output folder does not exist", where=str(out.parent))
-    rejects = Path(rejects) if rejects is not None else rejects_path(out)
-    for target in (out, rejects, summary_path(out)):
-        if any(target.resolve() == p.resolve() for _, p in inputs):
-            raise BloomchatError("an output path is also an input: it would overwrite it", where=str(target))
-        if target.is_dir():
-            raise BloomchatError("output path is a folder", where=str(target))
-        if not target.parent.is_dir():
-            raise BloomchatError("output folder does not exist", where=str(target.parent))
+    rejects = _check_outputs(out, Path(rejects) if rejects is not None else rejects_path(out), inputs, per_source)
     trees = read_tree_ids(Path(opts["oasst1_trees"])) if opts["oasst1_trees"] is not None else None
     if trees is not None and not oasst1:
         raise BloomchatError("oasst1_trees filters OASST1 trees, but there is no --oasst1 input")
-
-    if opts["filters"]:
-        fconf = FilterConfig(
-            dedup=opts["dedup"], empty_turns=opts["empty_turns"], max_turn_chars=opts["max_turn_chars"],
-            alternation=opts["alternation"], bot_last=opts["bot_last"],
-        )
-    else:
-        fconf = FilterConfig.off()
-    filters = Filters(fconf)
+    fconf = _filter_config(opts)
     candidates = langid.resolve_candidates(opts["lang_candidates"])
 
     spill_path = out.with_name(f".{out.name}.{os.getpid()}.spill")
     # every output is written to a temporary name next to it and moved into place only once the
     # whole run succeeded: a failed run leaves the previous out / rejects / summary untouched
     tmp = {t: t.with_name(f".{t.name}.{os.getpid()}.tmp") for t in (out, rejects, summary_path(out))}
-    tmp_out = tmp[out]
     would_skip: Counter = Counter()  # OIG items each prosocial_check rule would skip
-    split_counts: Counter = Counter()  # OASST1 trees kept / dropped by oasst1_trees
-    offsets, file_idx, n_lines, lang_idx = array("q"), array("h"), array("i"), array("i")
-    langs: list[str] = []
-    lang_pos: dict[str, int] = {}
+    split_counts = Counter(trees_kept=0, trees_dropped=0)  # OASST1 trees kept / dropped by oasst1_trees
     copies_by_file: dict[int, int] = {}
-    dropped_convs: Counter = Counter()  # conversations per filter reason (the ledger counts lines)
-    pending: list[tuple[int, str, Any, int]] = []  # passed the filters, waiting for language ID
-    detect = partial(langid.detect, candidates=candidates)
     pool = _pool(opts["num_proc"]) if opts["detect_lang"] else None
-
-    def drop(key: str, reason: str, nl: int) -> None:
-        ledger.drop(key, reason, nl)
-        dropped_convs[reason] += 1
-
-    def flush() -> None:
-        """Tag the pending conversations' languages (in worker processes with num_proc > 1), then keep or drop."""
-        need = [c for _, _, c, _ in pending if c.lang is None] if opts["detect_lang"] else []
-        if need:
-            texts = [langid.conversation_text(t.text for t in c.turns) for c in need]
-            codes = pool.map(detect, texts, chunksize=256) if pool is not None else [detect(t) for t in texts]
-            for c, code in zip(need, codes):
-                c.lang = code
-        for fi, key, conv, nl in pending:
-            if opts["keep_langs"] and not langid.lang_matches(conv.lang, opts["keep_langs"]):
-                drop(key, "lang_not_kept", nl)
-                continue
-            if opts["drop_langs"] and langid.lang_matches(conv.lang, opts["drop_langs"]):
-                drop(key, "lang_dropped", nl)
-                continue
-            ledger.keep(key, nl)
-            code = conv.lang or langid.UNDETERMINED
-            if code not in lang_pos:
-                lang_pos[code] = len(langs)
-                langs.append(code)
-            offsets.append(spill.tell())
-            file_idx.append(fi)
-            n_lines.append(nl)
-            lang_idx.append(lang_pos[code])
-            spill.write(_json_line(conv.to_record()))
-        pending.clear()
-
     try:
-        with _create(tmp[rejects]) as rej, open(spill_path, "wb") as spill:
+        with _create(tmp[rejects]) as rej, open(spill_path, "wb") as spill_file:
             ledger = Ledger(rej)
+            spill = _Spill(spill_file, ledger, opts, pool, candidates)
+            filters = Filters(fconf)
             for fi, (kind, path) in enumerate(inputs):
                 key = str(path)
                 if kind == "oig":
-                    stream = read_oig(path, ledger, per_source=per_source, normalize_tags=opts["normalize_tags"],
-                                      skip_sources=tuple(opts["skip_sources"] or ()),
-                                      prosocial_check=opts["prosocial_check"], would_skip=would_skip)
                     copies_by_file[fi] = 1 + opts["basic_repeat"] if oig_copies(path) > 1 else 1
-                elif kind == "dolly":
-                    stream = read_dolly(path, ledger)
-                elif kind == "oasst1":
-                    stream = read_oasst1(path, ledger, trees=trees, split_counts=split_counts)
-                else:
-                    stream = read_user_jsonl(path, ledger)
-                for conv, nl in tqdm(stream, desc=f"prepare {path.name}", unit="conv", disable=not opts["progress"],
-                                     mininterval=0.5, leave=False):
-                    reason = filters.reason(conv)
-                    if reason is not None:
-                        drop(key, reason, nl)
-                        continue
-                    pending.append((fi, key, conv, nl))
-                    if len(pending) >= LANGID_BATCH:
-                        flush()
-                flush()
+                stream = _reader(kind, path, ledger, per_source, opts, trees, would_skip, split_counts)
+                spill.take(fi, key, stream, filters, desc=f"prepare {path.name}")
                 st = ledger.files[key]
                 if st.lines_read == sum(st.rejected.values()):  # empty, or every line rejected
-                    failed = None
-                    if st.lines_read:  # keep this run's reasons apart: the previous rejects file stays as it was
-                        rej.flush()
-                        failed = rejects.with_name(rejects.name.removesuffix(".jsonl") + ".failed.jsonl")
-                        os.replace(tmp[rejects], failed)
-                    raise no_usable_line(path, kind, failed)
-
+                    rej.flush()
+                    raise no_usable_line(path, kind, _keep_failed_rejects(st.lines_read, tmp[rejects], rejects))
             rng = np.random.default_rng(seed)
-            keep = _language_caps(np.frombuffer(lang_idx, dtype=np.int32), len(langs), opts, rng)
-            for i in np.flatnonzero(~keep):
-                ledger.unkeep(str(inputs[file_idx[i]][1]), "lang_cap", n_lines[i])
-                dropped_convs["lang_cap"] += 1
-        summary = _write_output(
-            spill_path, tmp_out, offsets, file_idx, lang_idx, keep, copies_by_file, langs, inputs, ledger, rng, opts
-        )
+            keep = spill.language_caps(rng, inputs)
+        summary = _write_output(spill_path, tmp[out], spill.offsets, spill.file_idx, spill.lang_idx, keep,
+                                copies_by_file, spill.langs, inputs, ledger, rng, opts)
         _finish_summary(summary, out=out, rejects=rejects, ledger=ledger, seed=seed, per_source=per_source,
-                        opts=opts, fconf=fconf, t0=t0, dropped_convs=dropped_convs)
+                        opts=opts, fconf=fconf, t0=t0, dropped_convs=spill.dropped_convs)
         if any(k == "oig" for k, _ in inputs):
             summary["oig_skip_rules"] = {c: would_skip[c] for c in PROSOCIAL_CHECKS}
         if trees is not None:
-            summary["oasst1_split"] = {"tree_ids_listed": len(trees), "trees_kept": split_counts["trees_kept"],
-                                       "trees_dropped": split_counts["trees_dropped"]}
-        with _create(tmp[summary_path(out)]) as f:
-            f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        for target in (out, rejects, summary_path(out)):  # the summary last: it vouches for the other two
-            os.replace(tmp[target], target)
+            summary["oasst1_split"] = {"tree_ids_listed": len(trees), **split_counts}
+        _publish(summary, tmp)
     except OSError as e:  # a full disk, a read-only folder...: one line naming the output, not a traceback
         where = next((str(t) for t, p in tmp.items() if str(p) == str(e.filename)), str(e.filename or out))
         raise BloomchatError(f"cannot write: {e.strerror or e}", where=where) from None
@@ -292,6 +157,132 @@ def prepare(
             if p.exists():
                 p.unlink()
     return summary
+
+
+def _filter_config(opts: dict) -> FilterConfig:
+    if not opts["filters"]:
+        return FilterConfig.off()
+    return FilterConfig(dedup=opts["dedup"], empty_turns=opts["empty_turns"], max_turn_chars=opts["max_turn_chars"],
+                        alternation=opts["alternation"], bot_last=opts["bot_last"])
+
+
+def _keep_failed_rejects(lines_read: int, tmp_rejects: Path, rejects: Path) -> Path | None:
+    """A failed run's rejected lines, kept apart (REJECTS-stem.failed.jsonl) so that the previous
+    run's rejects file stays as it was; None when the file had no line at all."""
+    if not lines_read:
+        return None
+    failed = rejects.with_name(rejects.name.removesuffix(".jsonl") + ".failed.jsonl")
+    os.replace(tmp_rejects, failed)
+    return failed
+
+
+def _publish(summary: dict, tmp: dict[Path, Path]) -> None:
+    """Write the summary, then move every output into place, the summary last (it vouches for the others)."""
+    with _create(tmp[Path(summary["summary"])]) as f:
+        f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    for target, t in tmp.items():
+        os.replace(t, target)
+
+
+def _check_outputs(out: Path, rejects: Path, inputs: list[tuple[str, Path]], per_source: Any) -> Path:
+    """User errors found before anything is read or written; returns the rejects path."""
+    if not inputs:
+        raise BloomchatError("no input: give at least one of --oig, --dolly, --oasst1, --jsonl")
+    if not isinstance(per_source, int) or per_source < 1:
+        raise BloomchatError(f"per_source must be a positive integer, got {per_source!r}")
+    if out.suffix.lower() in (".gz", ".parquet", ".json", ".bz2", ".zst"):
+        raise BloomchatError("prepare writes plain JSON Lines: name the output *.jsonl", where=str(out))
+    if not out.parent.exists():
+        raise BloomchatError("output folder does not exist", where=str(out.parent))
+    for target in (out, rejects, summary_path(out)):
+        if any(target.resolve() == p.resolve() for _, p in inputs):
+            raise BloomchatError("an output path is also an input: it would overwrite it", where=str(target))
+        if target.is_dir():
+            raise BloomchatError("output path is a folder", where=str(target))
+        if not target.parent.is_dir():
+            raise BloomchatError("output folder does not exist", where=str(target.parent))
+    return rejects
+
+
+def _reader(kind: str, path: Path, ledger: Ledger, per_source: int, opts: dict, trees, would_skip, split_counts):
+    """The reader of one input file: (conversation, lines it was built from) pairs."""
+    if kind == "oig":
+        return read_oig(path, ledger, per_source=per_source, normalize_tags=opts["normalize_tags"],
+                        skip_sources=tuple(opts["skip_sources"] or ()), prosocial_check=opts["prosocial_check"],
+                        would_skip=would_skip)
+    if kind == "dolly":
+        return read_dolly(path, ledger)
+    if kind == "oasst1":
+        return read_oasst1(path, ledger, trees=trees, split_counts=split_counts)
+    return read_user_jsonl(path, ledger)
+
+
+class _Spill:
+    """Conversations that passed the filters: language-tagged in batches (in worker processes
+    with num_proc > 1), kept or dropped by language, and spilled to a file of which only byte
+    offsets, file index, line count and language index stay in memory."""
+
+    def __init__(self, file, ledger: Ledger, opts: dict, pool, candidates):
+        self.file, self.ledger, self.opts, self.pool = file, ledger, opts, pool
+        self.detect = partial(langid.detect, candidates=candidates)
+        self.offsets, self.file_idx, self.n_lines, self.lang_idx = array("q"), array("h"), array("i"), array("i")
+        self.langs: list[str] = []
+        self.lang_pos: dict[str, int] = {}
+        self.dropped_convs: Counter = Counter()  # conversations per filter reason (the ledger counts lines)
+        self.pending: list[tuple[int, str, Any, int]] = []  # waiting for language ID
+
+    def drop(self, key: str, reason: str, nl: int) -> None:
+        self.ledger.drop(key, reason, nl)
+        self.dropped_convs[reason] += 1
+
+    def take(self, fi: int, key: str, stream, filters: Filters, desc: str) -> None:
+        """Every conversation of one input file through the filters, then language ID."""
+        for conv, nl in tqdm(stream, desc=desc, unit="conv", disable=not self.opts["progress"], mininterval=0.5,
+                             leave=False):
+            reason = filters.reason(conv)
+            if reason is not None:
+                self.drop(key, reason, nl)
+                continue
+            self.pending.append((fi, key, conv, nl))
+            if len(self.pending) >= LANGID_BATCH:
+                self.flush()
+        self.flush()
+
+    def language_caps(self, rng: np.random.Generator, inputs: list[tuple[str, Path]]) -> np.ndarray:
+        """Which spilled conversations survive max_per_lang / balance_langs; the rest counted as lang_cap."""
+        keep = _language_caps(np.frombuffer(self.lang_idx, dtype=np.int32), len(self.langs), self.opts, rng)
+        for i in np.flatnonzero(~keep):
+            self.ledger.unkeep(str(inputs[self.file_idx[i]][1]), "lang_cap", self.n_lines[i])
+            self.dropped_convs["lang_cap"] += 1
+        return keep
+
+    def flush(self) -> None:
+        opts = self.opts
+        need = [c for _, _, c, _ in self.pending if c.lang is None] if opts["detect_lang"] else []
+        if need:
+            texts = [langid.conversation_text(t.text for t in c.turns) for c in need]
+            codes = (self.pool.map(self.detect, texts, chunksize=256) if self.pool is not None
+                     else [self.detect(t) for t in texts])
+            for c, code in zip(need, codes):
+                c.lang = code
+        for fi, key, conv, nl in self.pending:
+            if opts["keep_langs"] and not langid.lang_matches(conv.lang, opts["keep_langs"]):
+                self.drop(key, "lang_not_kept", nl)
+                continue
+            if opts["drop_langs"] and langid.lang_matches(conv.lang, opts["drop_langs"]):
+                self.drop(key, "lang_dropped", nl)
+                continue
+            self.ledger.keep(key, nl)
+            code = conv.lang or langid.UNDETERMINED
+            if code not in self.lang_pos:
+                self.lang_pos[code] = len(self.langs)
+                self.langs.append(code)
+            self.offsets.append(self.file.tell())
+            self.file_idx.append(fi)
+            self.n_lines.append(nl)
+            self.lang_idx.append(self.lang_pos[code])
+            self.file.write(_json_line(conv.to_record()))
+        self.pending.clear()
 
 
 def _create(path: Path):

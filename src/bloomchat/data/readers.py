@@ -300,6 +300,31 @@ def read_oasst1(
         yield from _oasst_trees(path, ledger, rest(), trees, counts)
 
 
+def _reject_unreachable(msgs: dict[str, _Msg], ledger: Ledger, key: str) -> None:
+    """Reject messages no root reaches: orphans (absent parent) with what hangs from them, and cycles."""
+    # messages cut off from every root: an absent parent, reported with what they hang from
+    for mid, m in msgs.items():
+        if m.parent is None:
+            continue
+        if m.parent not in msgs:
+            ledger.reject(key, m.line, f"orphan: parent_id {m.parent} is not in the file", None)
+            stack = list(m.children)
+            while stack:
+                c = stack.pop()
+                ledger.reject(key, msgs[c].line, f"orphan_descendant: under message {mid} whose parent {m.parent} is not in the file")
+                stack.extend(msgs[c].children)
+    # messages whose parent_id chain loops (a -> b -> a) reach neither a root nor an orphan
+    reached: set[str] = set()
+    stack = [mid for mid, m in msgs.items() if m.parent is None or m.parent not in msgs]
+    while stack:
+        c = stack.pop()
+        reached.add(c)
+        stack.extend(msgs[c].children)
+    for mid, m in msgs.items():
+        if mid not in reached:
+            ledger.reject(key, m.line, f"cycle: the parent_id chain from message {mid} loops and never reaches a root")
+
+
 def _oasst_messages(
     path: Path, ledger: Ledger, records: Iterator[Raw], trees: frozenset[str] | None, counts: Counter
 ) -> Iterator[tuple[Conversation, int]]:
@@ -332,27 +357,7 @@ def _oasst_messages(
     for mid, m in msgs.items():
         if m.parent is not None and m.parent in msgs:
             msgs[m.parent].children.append(mid)
-    # messages cut off from every root: an absent parent, reported with what they hang from
-    for mid, m in msgs.items():
-        if m.parent is None:
-            continue
-        if m.parent not in msgs:
-            ledger.reject(key, m.line, f"orphan: parent_id {m.parent} is not in the file", None)
-            stack = list(m.children)
-            while stack:
-                c = stack.pop()
-                ledger.reject(key, msgs[c].line, f"orphan_descendant: under message {mid} whose parent {m.parent} is not in the file")
-                stack.extend(msgs[c].children)
-    # messages whose parent_id chain loops (a -> b -> a) reach neither a root nor an orphan
-    reached: set[str] = set()
-    stack = [mid for mid, m in msgs.items() if m.parent is None or m.parent not in msgs]
-    while stack:
-        c = stack.pop()
-        reached.add(c)
-        stack.extend(msgs[c].children)
-    for mid, m in msgs.items():
-        if mid not in reached:
-            ledger.reject(key, m.line, f"cycle: the parent_id chain from message {mid} loops and never reaches a root")
+    _reject_unreachable(msgs, ledger, key)
     for mid, m in msgs.items():
         if m.parent is not None:
             continue
