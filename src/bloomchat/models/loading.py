@@ -97,9 +97,22 @@ def load_model(name_or_path: str | Path, *, dtype: str = "float32", device: str 
 
 
 def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save model (safetensors) and tokenizer (with chat template) in the standard HF layout."""
+    """Save model (safetensors) and tokenizer (with chat template) in the standard HF layout.
+
+    A config without a context-length key gets `seq_length` = 2048, so that vLLM, llama.cpp and
+    TGI agree on the window instead of each guessing its own.
+    """
+    # Keys engines read as the context length (vLLM tries all; llama.cpp's converter reads
+    # `seq_length` for BLOOM). BLOOM (ALiBi, no position table) was pre-trained on 2048-token
+    # sequences and BLOOMChat tuned at 2048, but its config names no length, so each engine guessed
+    # (llama.cpp: the hidden size, 256 on the demo model).
+    length_keys = ("max_position_embeddings", "n_positions", "seq_length", "max_seq_len",
+                   "max_sequence_length", "max_seq_length", "seq_len")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = getattr(model, "config", None)
+    if cfg is not None and not any(getattr(cfg, k, None) for k in length_keys):
+        cfg.seq_length = 2048
     model.save_pretrained(out, safe_serialization=True)
     save_tokenizer(tokenizer, out)
     return out

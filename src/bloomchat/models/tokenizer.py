@@ -78,4 +78,29 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ensure_chat_template(tokenizer)
     tokenizer.save_pretrained(out, save_jinja_files=False)
+    portable_tokenizer_class(out)
     return out
+
+
+#: A class name that transformers 4.x and 5.x both map to "load tokenizer.json as it is".
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def portable_tokenizer_class(out_dir: str | Path) -> None:
+    """Name a tokenizer class in tokenizer_config.json that transformers 4.x also knows.
+
+    transformers 5 writes `TokenizersBackend`, which 4.57 (still pinned by TGI and many users)
+    rejects ("Tokenizer class TokenizersBackend does not exist"). A model-specific name such as
+    `BloomTokenizerFast` would let either version rebuild the pipeline its own way; the generic
+    fast class reads tokenizer.json verbatim in both, so both tokenise exactly as training did.
+    Tokenizers without a tokenizer.json (slow only) are left as they are.
+    """
+    out = Path(out_dir)
+    cfg_path = out / "tokenizer_config.json"
+    if not (out / "tokenizer.json").is_file() or not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.get("tokenizer_class") == PORTABLE_TOKENIZER_CLASS:
+        return
+    cfg["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
