@@ -6,7 +6,9 @@
 Kernels: `eager` (BLOOM's own attention: alibi.baddbmm + additive mask + fp32 softmax) and `sdpa`
 (bloomchat's default: torch's scaled_dot_product_attention with the ALiBi + block mask as a float
 attn_mask), the latter also pinned to each SDPA backend torch offers (math, efficient, cudnn,
-flash: flash and cudnn may refuse a float mask, which is reported, not hidden). Each cell is the
+flash: flash and cudnn may refuse a float mask, which is reported, not hidden), and `flex`
+(FlexAttention: ALiBi score_mod + BlockMask, compiled on CUDA; on CPU torch has only its unfused
+reference backward, shown as flex[cpu-reference]). Each cell is the
 median of --steps timed steps after 2 warm-up steps, as tokens/s; rows of 4 conversations.
 """
 
@@ -37,8 +39,11 @@ def packed_batch(rows: int, length: int, vocab: int, device: str, seed: int = 0)
 def time_kernel(model, ids, seg, *, kernel: str, backend, steps: int, bf16: bool) -> float | str:
     from bloomchat.train.packing_attn import install_packed_attention, packed_forward
 
+    from bloomchat.train.packing_attn import cpu_flex_reference_backward
+
     install_packed_attention(model, kernel=kernel)
-    ctx = (torch.nn.attention.sdpa_kernel([backend]) if backend is not None else _null())
+    ctx = (torch.nn.attention.sdpa_kernel([backend]) if backend is not None
+           else cpu_flex_reference_backward() if (kernel == "flex" and not ids.is_cuda) else _null())
     sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     times = []
     try:
@@ -80,7 +85,7 @@ def main(argv=None) -> int:
 
     from bloomchat.models import build_bloom
 
-    variants = [("eager", None), ("sdpa", None)]
+    variants = [("eager", None), ("sdpa", None), ("flex", None)]
     if args.device.startswith("cuda"):
         variants += [("sdpa", b) for b in (SDPBackend.MATH, SDPBackend.EFFICIENT_ATTENTION,
                                           SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION)]
@@ -90,7 +95,8 @@ def main(argv=None) -> int:
             ids, seg = packed_batch(args.rows, length, 32000, args.device)
             for kernel, backend in variants:
                 r = time_kernel(model, ids, seg, kernel=kernel, backend=backend, steps=args.steps, bf16=args.bf16)
-                name = kernel + (f"[{backend.name.lower()}]" if backend is not None else "")
+                name = kernel + (f"[{backend.name.lower()}]" if backend is not None else
+                                 "[cpu-reference]" if kernel == "flex" and not ids.is_cuda else "")
                 cell = f"{r:>10.0f} tok/s" if isinstance(r, float) else r
                 print(f"{preset:<11} L {length:>5}  {name:<28} {cell}", flush=True)
         del model

@@ -3,6 +3,7 @@
     python bench/bench_train.py                          # tiny and small-50m, CPU, ~10 min on 2 cores
     python bench/bench_train.py --models tiny --steps 6  # quicker
     python bench/bench_train.py --dolly ../shared/data/dolly15k/databricks-dolly-15k.from-docx.jsonl
+    python bench/bench_train.py --kernels eager,sdpa,flex --models tiny --steps 4   # attention kernels, MFU, memory
 
 Same data (single-turn conversations, so that all three train on exactly the bot reply tokens),
 same model, same hardware, same tokens per optimizer step (4 rows x 512), in one run; each
@@ -227,18 +228,189 @@ def worker_ours_eager(work: Path, steps: int, bf16: bool) -> dict:
     return worker_ours(work, steps, bf16, attention="eager")
 
 
+def _kernel_rows(work: Path, length: int, n_rows: int) -> list[dict]:
+    """Rows of `length` tokens made of consecutive packed 512-token rows (segment ids renumbered,
+    the last conversation cut at the row's end): conversations keep their real lengths."""
+    import numpy as np
+
+    from bloomchat.train.data import PackedSplit
+
+    split = PackedSplit(work / "packed")
+    out, src = [], 0
+    for _ in range(n_rows):
+        parts, n, off = [], 0, 0
+        while n < length:
+            r = split.rows([src % len(split)])[0]
+            src += 1
+            seg = r["segment_ids"].astype(np.int64)
+            parts.append({**r, "segment_ids": seg + off})
+            off = int(seg.max()) + off
+            n += len(seg)
+        out.append({k: np.concatenate([p[k] for p in parts])[:length] for k in ("input_ids", "loss_mask", "segment_ids")})
+    return out
+
+
+def _rss_mb() -> float:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker_kernel(work: Path, steps: int, bf16: bool, kernel: str, seq: int, rows: int, mem_lengths: list[int],
+                  peak: float | None) -> dict:
+    """One attention kernel in a bare packed training loop (packed_forward + weighted CE + AdamW),
+    the loop the trainer runs, without going through a recipe. Speed: `rows` rows of `seq` tokens per
+    step, median of `steps` timed steps after one warm-up. Memory: one more step on a single row of
+    each length in `mem_lengths` (peak RSS above the RSS before that step on CPU; peak allocated
+    above allocated before it on CUDA). flex on CPU goes through torch's reference (unfused) backward,
+    the only one torch has there (see packing_attn.cpu_flex_reference_backward)."""
+    import contextlib
+    import statistics
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bloomchat.train.data import GPU_PAD_MULTIPLE, collate
+    from bloomchat.train.mfu import ModelShape, batch_flops, mfu
+    from bloomchat.train.packing_attn import cpu_flex_reference_backward, install_packed_attention, packed_forward
+
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(work / "model").to(dev).train()
+    install_packed_attention(model, kernel=kernel)
+    shape = ModelShape.from_model(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1)
+    def amp():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if (bf16 and cuda) else contextlib.nullcontext()
+
+    def ref():
+        return cpu_flex_reference_backward() if (kernel == "flex" and not cuda) else contextlib.nullcontext()
+
+    def step(batch):
+        b = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        with amp(), ref():
+            logits = packed_forward(model, b["input_ids"], b["segment_ids"], b["flat_index"], bloom=True)
+            losses = torch.nn.functional.cross_entropy(logits.float(), b["targets"], reduction="none")
+            ((losses * b["weights"]).sum() / b["weights"].sum()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+
+    def batch_of(rws, length):
+        return collate(rws, pad_id=3, prompt_loss_weight=0.0, pad_to_multiple_of=GPU_PAD_MULTIPLE if cuda else 1)
+
+    data = _kernel_rows(work, seq, rows * (steps + 1))
+    times, flops = [], []
+    for i in range(steps + 1):
+        batch = batch_of(data[i * rows:(i + 1) * rows], seq)
+        t = time.perf_counter()
+        step(batch)
+        if i:  # the first step is warm-up (and, on CUDA, flex's compilation)
+            times.append((time.perf_counter() - t, batch["tokens"], batch["loss_tokens"]))
+            flops.append(batch_flops(shape, batch["segment_ids"], head_tokens=len(batch["flat_index"])))
+    dt = statistics.median(x[0] for x in times)
+    tok_s = statistics.median(n / d for d, n, _ in times)
+    res = {"tokens_per_s": tok_s, "loss_tokens_per_s": statistics.median(lt / d for d, _, lt in times),
+           "step_s": dt, "flops_per_token": sum(flops) / sum(x[1] for x in times), "steps": steps}
+    res["mfu"] = mfu(tok_s, res["flops_per_token"], peak)
+    res["mem_mb"] = {}
+    for length in mem_lengths:
+        batch = batch_of(_kernel_rows(work, length, 1), length)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            step(batch)
+            res["mem_mb"][length] = (torch.cuda.max_memory_allocated() - before) / 2**20
+        else:
+            before = _rss_mb()
+            step(batch)
+            res["mem_mb"][length] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    return res
+
+
 WORKERS = {"bloomchat": worker_ours, "bloomchat-eager": worker_ours_eager, "hf-trainer-padded": worker_hf, "trl-sft-packing": worker_trl}
 
 
-def run_worker(name: str, work: Path, steps: int, bf16: bool) -> dict:
+def run_worker(name: str, work: Path, steps: int, bf16: bool, a=None) -> dict:
     import torch
 
     torch.manual_seed(0)
-    res = WORKERS[name](work, steps, bf16)
+    if name.startswith("kernel-"):
+        res = worker_kernel(work, steps, bf16, name[7:], a.seq, a.rows, _ints(a.mem_lengths), a.peak)
+    else:
+        res = WORKERS[name](work, steps, bf16)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return res
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _peak(a) -> tuple[float | None, str]:
+    """Peak TFLOP/s: --peak-tflops, else the GPU table, else a CPU estimate (cores x GHz x 32)."""
+    import os
+
+    import torch
+
+    from bloomchat.train.mfu import CPU_FP32_FLOPS_PER_CYCLE, cpu_peak_tflops, peak_tflops
+
+    if a.peak_tflops:
+        return a.peak_tflops, "--peak-tflops"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        p = peak_tflops(name, "bf16" if a.bf16 else "fp32")
+        return p, f"{name}, dense {'bf16' if a.bf16 else 'fp32'} (table)" if p else f"{name}: not in the table"
+    cores = len(os.sched_getaffinity(0))
+    return (cpu_peak_tflops(cores, a.cpu_ghz),
+            f"CPU estimate {cores} cores x {a.cpu_ghz} GHz x {CPU_FP32_FLOPS_PER_CYCLE} fp32 FLOP/cycle")
+
+
+def run_kernels(a) -> None:
+    """--kernels: the attention kernels side by side in the packed training loop (speed, MFU, memory)."""
+    import datetime
+    import platform
+
+    peak, why = _peak(a)
+    a.peak = peak
+    print(f"peak {peak if peak else '?'} TFLOP/s ({why}); {a.rows} rows x {a.seq} tokens a step; "
+          f"memory: one step on one row of {a.mem_lengths} tokens", flush=True)
+    print(f"{'model':10s} {'kernel':6s} {'tok/s':>8s} {'loss-tok/s':>10s} {'step s':>7s} {'GFLOP/tok':>9s} {'MFU':>7s}  "
+          + "  ".join(f"mem@{n}" for n in _ints(a.mem_lengths)), flush=True)
+    table = {}
+    for preset in a.models.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            setup(work, preset, a.conversations, a.dolly)
+            for kernel in a.kernels.split(","):
+                cmd = [sys.executable, __file__, "--worker", f"kernel-{kernel}", "--work", str(work),
+                       "--steps", str(a.steps), "--seq", str(a.seq), "--rows", str(a.rows),
+                       "--mem-lengths", a.mem_lengths, "--peak-tflops", str(peak or 0)]
+                try:
+                    p = subprocess.run(cmd + (["--bf16"] if a.bf16 else []), capture_output=True, text=True,
+                                       timeout=a.worker_timeout)
+                except subprocess.TimeoutExpired:
+                    print(f"{preset:10s} {kernel:6s} timed out after {a.worker_timeout} s", flush=True)
+                    continue
+                line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+                if p.returncode or not line:
+                    print(f"{preset:10s} {kernel:6s} failed\n{p.stderr[-1500:]}", flush=True)
+                    continue
+                r = table[f"{preset}/{kernel}"] = json.loads(line[0][7:])
+                m = f"{100 * r['mfu']:6.2f}%" if r.get("mfu") is not None else "      ?"
+                mem = "  ".join(f"{v:7.0f} MB" for v in r["mem_mb"].values())
+                print(f"{preset:10s} {kernel:6s} {r['tokens_per_s']:8.0f} {r['loss_tokens_per_s']:10.0f} "
+                      f"{r['step_s']:7.2f} {r['flops_per_token'] / 1e9:9.3f} {m}  {mem}", flush=True)
+    meta = {"date": datetime.date.today().isoformat(), "host": platform.node(), "peak_tflops": peak, "peak_source": why,
+            "seq": a.seq, "rows": a.rows, "steps": a.steps, "bf16": a.bf16, "mem_lengths": _ints(a.mem_lengths)}
+    if a.json:
+        Path(a.json).write_text(json.dumps({"meta": meta, "results": table}, indent=1))
+    print(json.dumps({"meta": meta, "results": table}, indent=1))
 
 
 def main() -> None:
@@ -249,11 +421,25 @@ def main() -> None:
     ap.add_argument("--dolly", default=None, help="use real Dolly-15k jsonl instead of synthetic data")
     ap.add_argument("--bf16", action="store_true", help="bf16 (GPU)")
     ap.add_argument("--systems", default=",".join(WORKERS))
+    ap.add_argument("--kernels", default=None,
+                    help="compare attention kernels instead of trainers, e.g. eager,sdpa,flex (packed loop, MFU, memory)")
+    ap.add_argument("--seq", type=int, default=SEQ, help="--kernels: tokens per row")
+    ap.add_argument("--rows", type=int, default=ROWS, help="--kernels: rows per step")
+    ap.add_argument("--mem-lengths", default="2048,4096", help="--kernels: row lengths of the one-step memory probe")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="device peak for MFU (default: dense bf16 table on GPU, cores x --cpu-ghz x 32 on CPU)")
+    ap.add_argument("--cpu-ghz", type=float, default=3.0, help="clock assumed by the CPU peak estimate")
+    ap.add_argument("--worker-timeout", type=int, default=1800, help="--kernels: seconds per kernel")
+    ap.add_argument("--json", default=None, help="--kernels: also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print("RESULT " + json.dumps(run_worker(a.worker, Path(a.work), a.steps, a.bf16)))
+        a.peak = a.peak_tflops or None
+        print("RESULT " + json.dumps(run_worker(a.worker, Path(a.work), a.steps, a.bf16, a)))
+        return
+    if a.kernels:
+        run_kernels(a)
         return
     table = {}
     for preset in a.models.split(","):

@@ -60,8 +60,6 @@ def test_report_errors(tmp_path):
 def test_cli_data_report(tmp_path, capsys):
     from bloomchat import cli as bcli
 
-    if "bloomchat.data.cli" not in bcli.VERB_MODULES:
-        bcli.VERB_MODULES.append("bloomchat.data.cli")
     f = write_jsonl(tmp_path / "x.jsonl", [{"prompt": "", "completion": "<human>: Hi\n<bot>: Hello"}])
     assert bcli.main(["data-report", str(f)]) == 0
     assert (tmp_path / "x.report" / "report.html").exists()

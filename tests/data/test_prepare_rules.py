@@ -66,8 +66,7 @@ def bloomchat_oig(files: list[Path], n: int) -> list[str]:
             if ii >= n:
                 break
             item = json.loads(line)
-            meta = item.get("meta", item.get("metadata"))
-            if meta and meta["source"] == "prosocial":
+            if "meta" in item and item["meta"]["source"] == "prosocial":  # only `meta`, as the script
                 continue
             new = item["text"].strip() + "\n"
             if p.name == "unified_basic.jsonl":
@@ -78,10 +77,15 @@ def bloomchat_oig(files: list[Path], n: int) -> list[str]:
 
 def test_oig_matches_bloomchat_script_exactly(tmp_path, oig_files):
     out = tmp_path / "stage1.jsonl"
-    s = prepare(out=out, oig=list(oig_files), per_source=6, filters=False, progress=False)
+    s = prepare(out=out, oig=list(oig_files), per_source=6, filters=False, prosocial_check="meta", progress=False)
     got = [r["completion"] for r in read_out(out)]
     assert Counter(got) == Counter(bloomchat_oig(list(oig_files), 6))
-    # per_source 6 on chip2: items 0..5 read, item 3 (prosocial) skipped -> 5 kept, 4 lines never read
+    # the script reads `meta` only: the `metadata` prosocial item 3 is kept
+    chip2 = next(f for f in s["files"] if f["path"].endswith("unified_chip2.jsonl"))
+    assert (chip2["lines_read"], chip2["kept"], chip2["filtered"], chip2["stopped_after"]) == (6, 6, {}, 6)
+    assert s["conversations"] == 6 + 2002 + 1
+    # default: per_source 6 on chip2: items 0..5 read, item 3 (prosocial) skipped -> 5 kept, 4 lines never read
+    s = prepare(out=out, oig=list(oig_files), per_source=6, filters=False, progress=False)
     chip2 = next(f for f in s["files"] if f["path"].endswith("unified_chip2.jsonl"))
     assert (chip2["lines_read"], chip2["kept"], chip2["filtered"], chip2["stopped_after"]) == (6, 5, {"prosocial": 1}, 6)
     basic = next(f for f in s["files"] if f["path"].endswith("unified_basic.jsonl"))

@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from bloomchat.errors import BloomchatError
 from bloomchat.train.data import Schedule, collate
 from bloomchat.train.packing_attn import (
+    KERNELS,
     block_causal_mask,
+    cpu_flex_reference_backward,
+    flex_block_mask,
     install_packed_attention,
     packed_forward,
+    packed_kernel,
     segment_positions,
 )
 
@@ -29,7 +34,7 @@ def _row(convs, pad_to=None):
     return ids, seg
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
+@pytest.fixture(scope="module", params=list(KERNELS))
 def bloom(request):
     from bloomchat.models import build_bloom
 
@@ -182,26 +187,85 @@ def test_schedule_covers_every_row_once_per_epoch():
     assert s.step_rows(0).tolist() != s.step_rows(5).tolist()  # each epoch is shuffled anew
 
 
-def test_sdpa_kernel_matches_eager_in_gradients_and_leaves_generation_alone():
+def _grads(kernel, ids, seg):
+    from bloomchat.models import build_bloom
+
+    m = build_bloom("micro", vocab_size=300, seed=2)
+    install_packed_attention(m, kernel=kernel)
+    with cpu_flex_reference_backward():
+        logits = packed_forward(m, ids, seg)
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1])[:-1], ids.reshape(-1)[1:]).backward()
+    return logits, {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
+def test_kernel_matches_eager_in_gradients_and_leaves_generation_alone(kernel):
     from bloomchat.models import build_bloom
 
     convs = _convs([11, 6, 19], 300, seed=7)
     ids, seg = _row(convs, pad_to=40)
-    grads = {}
-    for kernel in ("eager", "sdpa"):
-        m = build_bloom("micro", vocab_size=300, seed=2)
-        install_packed_attention(m, kernel=kernel)
-        logits = packed_forward(m, ids[None], seg[None])
-        torch.nn.functional.cross_entropy(logits[0, :-1], ids[1:]).backward()
-        grads[kernel] = {n: p.grad.clone() for n, p in m.named_parameters()}
-    for n, g in grads["eager"].items():
-        torch.testing.assert_close(grads["sdpa"][n], g, atol=1e-5, rtol=1e-4)
+    _, want = _grads("eager", ids[None], seg[None])
+    _, got = _grads(kernel, ids[None], seg[None])
+    for n, g in want.items():
+        torch.testing.assert_close(got[n], g, atol=1e-5, rtol=1e-4)
     # cached decoding goes through the stock kernel: same tokens with and without the patch
     m = build_bloom("micro", vocab_size=300, seed=2).eval()
     prompt = convs[0][None]
     plain = m.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=3)
-    install_packed_attention(m, kernel="sdpa")
+    install_packed_attention(m, kernel=kernel)
     assert torch.equal(m.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=3), plain)
+
+
+@pytest.mark.slow  # torch's reference flex backward on CPU: ~5 s alone on 2 cores
+def test_flex_gradients_equal_sdpa_across_tiles_with_padding_rows():
+    """Rows longer than one 128-token tile (full, partial and empty tiles all occur), one row
+    mostly padding: flex's gradients equal the SDPA path's, and nothing is NaN."""
+    rows = [_row(_convs([150, 90, 30], 300, seed=8), pad_to=300), _row(_convs([20], 300, seed=9), pad_to=300)]
+    ids = torch.stack([r[0] for r in rows])
+    seg = torch.stack([r[1] for r in rows])
+    sdpa_logits, sdpa = _grads("sdpa", ids, seg)
+    flex_logits, flex = _grads("flex", ids, seg)
+    assert torch.isfinite(flex_logits).all()
+    torch.testing.assert_close(flex_logits, sdpa_logits, atol=2e-5, rtol=1e-5)
+    for n, g in sdpa.items():
+        assert torch.isfinite(flex[n]).all(), n
+        torch.testing.assert_close(flex[n], g, atol=1e-5, rtol=1e-4)
+
+
+def test_flex_block_mask_is_the_dense_mask_in_tiles():
+    seg = torch.tensor([[1] * 150 + [2] * 100 + [0] * 50, [1] * 20 + [0] * 280])
+    bm = flex_block_mask(seg)
+    dense = block_causal_mask(seg, torch.float32)[:, 0] == 0
+    assert torch.equal(bm.to_dense().bool()[:, 0], _tiles(dense, 128))
+    assert bm.kv_num_blocks.numel() == 2 * 3  # B x ceil(300 / 128) tiles of queries: no L x L tensor
+
+
+def _tiles(allowed, size):
+    """Which size x size tiles of a dense (B, L, L) bool mask hold any allowed pair."""
+    b, n, _ = allowed.shape
+    t = -(-n // size)
+    pad = torch.zeros(b, t * size, t * size, dtype=torch.bool)
+    pad[:, :n, :n] = allowed
+    return pad.reshape(b, t, size, t, size).any(4).any(2)
+
+
+def test_flex_passes_no_dense_mask_and_refuses_cpu_training(monkeypatch):
+    from bloomchat.models import build_bloom
+    from bloomchat.train import packing_attn
+
+    m = build_bloom("micro", vocab_size=300, seed=2)
+    install_packed_attention(m, kernel="flex")
+    assert packed_kernel(m) == "flex" and packed_kernel(torch.nn.Sequential(m)) == "flex"
+
+    def no_dense(*args, **kwargs):
+        raise AssertionError("flex built the dense L x L mask")
+
+    monkeypatch.setattr(packing_attn, "block_causal_mask", no_dense)
+    ids, seg = _row(_convs([9, 12], 300, seed=10), pad_to=24)
+    with torch.no_grad():
+        assert torch.isfinite(packed_forward(m, ids[None], seg[None])).all()
+    with pytest.raises(BloomchatError, match="CUDA GPU only"):
+        packed_forward(m, ids[None], seg[None])
 
 
 @pytest.mark.parametrize("heads,want", [

@@ -249,3 +249,81 @@ def test_one_stage_of_a_recipe_needs_only_its_own_placeholders(tmp_path):
     assert r.stages[0].data.prepare.get("filters") is False  # BLOOMChat's texts exactly
     with pytest.raises(BloomchatError, match="no stage named 'nope'.*stage1-oig, stage2-oasst1-dolly"):
         load_recipe(RECIPES / "bloomchat-176b.yaml", vars=vars_, only_stage="nope")
+
+
+def test_a_whole_placeholder_takes_the_type_of_its_field(tmp_path, micro_model_dir, packed_pair):
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["name"] = "run-${steps}"  # inside a longer string: text
+    r["seed"] = "${seed}"
+    r["defaults"].update(max_steps="${steps}", global_batch_size="${gb}", lr="${lr}", max_grad_norm="${clip}")
+    r["stages"][0]["epochs"] = "${ep}"
+    p = write_recipe(tmp_path / "vars.yaml", r)
+    rec = load_recipe(p, vars={"steps": "100", "gb": "8", "lr": "1e-5", "clip": "null", "seed": "3", "ep": "2"})
+    st = rec.stages[0]
+    assert (st.max_steps, st.global_batch_size, st.lr, st.max_grad_norm, st.epochs) == (100, 8, 1e-5, None, 2.0)
+    assert type(st.max_steps) is int and type(st.global_batch_size) is int and rec.seed == 3
+    assert rec.name == "run-100"
+    _expect(tmp_path, r, "max_steps", "must be an integer", "'many'",
+            vars={"steps": "many", "gb": "8", "lr": "1e-5", "clip": "1", "seed": "3", "ep": "1"})
+
+
+def test_new_keys_are_checked(tmp_path, micro_model_dir, packed_pair):
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["chat_format"] = "chatml"
+    _expect(tmp_path, r, "chat_format", "'bloomchat'")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    r["defaults"]["lr_end_ratio"] = 0.1  # with the default constant schedule
+    _expect(tmp_path, r, "lr_end_ratio", "not constant")
+    r["defaults"]["lr_schedule"] = "cosine"
+    r["defaults"]["lr_end_ratio"] = 1.5
+    _expect(tmp_path, r, "lr_end_ratio", "[0, 1]")
+    r = _base(tmp_path, micro_model_dir, packed_pair)
+    (tmp_path / "d.jsonl").write_text("")
+    r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "d.jsonl")], "loss_on": "everything"}
+    _expect(tmp_path, r, "stages[0].data.loss_on", "replies, conversation")
+    r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "d.jsonl")], "overlong": "truncate"}
+    _expect(tmp_path, r, "stages[0].data.overlong", "split, drop")
+    r["stages"][0]["data"] = {"shards": str(packed_pair["s1"]), "loss_on": "conversation"}
+    _expect(tmp_path, r, "stages[0].data.loss_on", "already packed")
+    r["stages"][0]["data"] = {"jsonl": [str(tmp_path / "d.jsonl")], "loss_on": "conversation", "overlong": "drop"}
+    r["chat_format"] = "base"
+    rec = load_recipe(write_recipe(tmp_path / "ok.yaml", r))
+    assert (rec.chat_format, rec.stages[0].data.loss_on, rec.stages[0].data.overlong) == ("base", "conversation",
+                                                                                          "drop")
+
+
+def _stage(**kw):
+    from bloomchat.train.recipe import Stage, StageData
+
+    return Stage(name="s", data=StageData(), **kw)
+
+
+def test_cosine_decay_to_an_end_ratio():
+    """BLOOMChat's schedule: cosine, no warmup, to 0.1 x lr. By hand for 4 steps (t = step / 4):
+    lr x (0.1 + 0.9 x (1 + cos(pi t)) / 2) = 1, 0.868198, 0.55, 0.231802 (x 1e-5); and against
+    transformers' cosine-with-min-lr schedule."""
+    import torch
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    from bloomchat.train.trainer import lr_at
+
+    st = _stage(lr=1e-5, lr_schedule="cosine", lr_end_ratio=0.1)
+    got = [lr_at(st, s, 4) for s in range(4)]
+    assert got == pytest.approx([1e-5, 0.868198e-5, 0.55e-5, 0.231802e-5], rel=1e-6)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-5)
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=10,
+                                                        min_lr_rate=0.1)
+    want = []
+    for _ in range(10):
+        want.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # transformers warms up from 0 at step 0; ours reaches lr at the end of warmup step (step + 1) / warmup
+    st = _stage(lr=1e-5, lr_schedule="cosine", lr_end_ratio=0.1, warmup_steps=3)
+    assert [lr_at(st, s, 10) for s in range(3, 10)] == pytest.approx(want[3:], rel=1e-9)
+    # linear to 0.2 over 4 steps: 0.2 + 0.8 x (1, 0.75, 0.5, 0.25) = 1, 0.8, 0.6, 0.4
+    st = _stage(lr=1.0, lr_schedule="linear", lr_end_ratio=0.2)
+    assert [lr_at(st, s, 4) for s in range(4)] == pytest.approx([1.0, 0.8, 0.6, 0.4])
+    # the default end ratio 0 keeps the old decay to 0
+    st = _stage(lr=1.0, lr_schedule="linear")
+    assert [lr_at(st, s, 4) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])

@@ -14,8 +14,9 @@ Layouts (detected per file, see each loader):
 * Alpaca JSON arrays `[{"instruction", "input", "output", "history"}]` (LLaMA-Factory); when
   `output` is a ranked list its replies can come in as systems `<prefix>-rank1`, `-rank2`, ...
 
-Language: the record's `lang`, else the file name (questions_Chinese, zh100, *.zh.jsonl,
-questions-zh), else `--lang`, else detected with py3langid over the whole file.
+Language: the record's `lang`, else `--lang`, else the file name (questions_Chinese, zh100, *.zh.jsonl,
+questions-zh, or its folder's last token as in belle_eval_set_zh/; `bloomchat.langs.lang_from_path`),
+else detected with py3langid over the whole file.
 """
 
 from __future__ import annotations
@@ -28,14 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bloomchat.errors import BloomchatError
+from bloomchat.langs import OASST_MULTILINGUAL60_LANGS, identifier, lang_from_path
 
-LANG_NAMES = {
-    "arabic": "ar", "chinese": "zh", "deutsch": "de", "german": "de", "english": "en", "french": "fr",
-    "italian": "it", "japanese": "ja", "korean": "ko", "portuguese": "pt", "spanish": "es", "hindi": "hi",
-    "indonesian": "id", "russian": "ru", "vietnamese": "vi", "thai": "th", "ukrainian": "uk",
-}
-#: Open-Assistant multilingual-60.jsonl: 12 blocks of the same 5 prompts (its SOURCE.md gives the order).
-OASST_MULTILINGUAL60_BLOCKS = ("en", "es", "ru", "de", "fr", "uk", "it", "vi", "zh", "ko", "ja", "th")
 _LANG_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 
 
@@ -60,27 +55,9 @@ def check_lang(lang: str, where: str) -> str:
     return lang
 
 
-def lang_from_filename(path: Path) -> str | None:
-    stem = path.stem
-    m = re.match(r"^questions_([A-Za-z]+)$", stem)
-    if m and m.group(1).lower() in LANG_NAMES:
-        return LANG_NAMES[m.group(1).lower()]
-    m = re.match(r"^([a-z]{2})\d+$", stem) or re.match(r"^questions-([a-z]{2})$", stem)
-    if m:
-        return m.group(1)
-    m = re.search(r"[._-]([a-z]{2})$", stem)
-    if m and m.group(1) in LANG_NAMES.values():
-        return m.group(1)
-    return None
-
-
 def detect_lang(texts: list[str], where: str) -> str:
-    """Majority language of the texts (py3langid; its model ships inside the package)."""
-    try:
-        import py3langid
-    except ImportError:  # pragma: no cover - optional extra
-        raise BloomchatError("cannot tell the language: pass --lang (or install bloomchat[langid])", where=where)
-    votes = Counter(py3langid.classify(t)[0] for t in texts if t.strip())
+    """Majority language of the texts (py3langid, every language it knows)."""
+    votes = Counter(identifier().classify(t)[0] for t in texts if t.strip())
     if not votes:
         raise BloomchatError("cannot tell the language of empty prompts: pass --lang", where=where)
     return votes.most_common(1)[0][0]
@@ -168,7 +145,7 @@ def load_prompt_file(
         raise BloomchatError("file holds no prompts", where=str(path))
     if all(isinstance(r, str) for _, r in rows):
         return _load_string_blocks(path, rows, lang, set_name, lang_blocks)
-    file_lang = lang or lang_from_filename(path)
+    file_lang = lang or lang_from_path(path)
     parsed = []
     for n, rec in rows:
         where = f"{path}:{n}"
@@ -198,7 +175,7 @@ def _load_string_blocks(path, rows, lang, set_name, lang_blocks) -> list[PromptI
     elif lang_blocks:
         blocks = [check_lang(x, "--lang-blocks") for x in lang_blocks]
     elif path.name == "multilingual-60.jsonl":
-        blocks = list(OASST_MULTILINGUAL60_BLOCKS)
+        blocks = list(OASST_MULTILINGUAL60_LANGS)  # 12 blocks of the same 5 prompts
     else:
         raise BloomchatError(
             "lines are bare strings: pass --lang, or --lang-blocks en,es,... when the file holds "
@@ -236,7 +213,7 @@ def _load_alpaca(path, lang, set_name, ranked_prefix, ranked_top=None) -> list[P
         text = rec["instruction"] + (f"\n\n{rec['input']}" if rec.get("input") else "")
         turns.append({"role": "human", "text": text})
         turns_list.append(turns)
-    lang = lang or lang_from_filename(path) or detect_lang([t[-1]["text"] for t in turns_list], str(path))
+    lang = lang or lang_from_path(path) or detect_lang([t[-1]["text"] for t in turns_list], str(path))
     items = []
     for i, (rec, turns) in enumerate(zip(data, turns_list)):
         item = PromptItem(f"{set_name}/{lang}/{i + 1}", lang, set_name, turns)

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 from bloomchat.errors import BloomchatError
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, resolve_recipe: Callable[[Path, str | None, dict], dict] | None = None) -> None:
+    """The `prepare` and `data-report` verbs. `resolve_recipe(recipe, stage, vars)` -> prepare's
+    keyword arguments for `--recipe`; it comes from above (bloomchat.prepare_cli) because recipes
+    are read by the train stage, which imports data, never the other way round."""
     p = subparsers.add_parser(
         "prepare",
         help="raw OIG / Dolly / OASST1 / own data -> prepared training JSONL (BLOOMChat rules)",
@@ -44,6 +48,12 @@ def add_parser(subparsers) -> None:
                    help="OIG unified_basic: extra copies of each item (default 1000, i.e. 1001 in all)")
     p.add_argument("--normalize-tags", action="store_true", default=None,
                    help="OIG: write 'Rosey:' bot tags as '<bot>:' in the completion text")
+    p.add_argument("--prosocial-check", choices=("meta_or_metadata", "meta"), default=None,
+                   help="OIG: field whose source is tested against skip_sources (prosocial): 'meta_or_metadata' (default) or only 'meta' "
+                   "as BLOOMChat's script (which skips nothing on OIG's files)")
+    p.add_argument("--oasst1-trees", type=Path, default=None, metavar="FILE",
+                   help="OASST1: keep only the trees of one split, listed by this file (HF oasst1 "
+                   "data/train-*.parquet, any file with message_tree_id, or a .txt of tree ids)")
     p.add_argument("--no-shuffle", dest="shuffle", action="store_false", default=None,
                    help="keep input order (default: shuffle everything with the seed, as BLOOMChat did)")
     f = p.add_argument_group("filters (all on by default; each counted by reason in the summary)")
@@ -72,7 +82,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-proc", type=int, default=None, metavar="N",
                    help="processes for language detection, the slow step (default 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_prepare)
+    p.set_defaults(func=run_prepare, resolve_recipe=resolve_recipe)
 
     r = subparsers.add_parser(
         "data-report",
@@ -86,36 +96,22 @@ def add_parser(subparsers) -> None:
 
 
 _OPTION_FLAGS = ("filters", "dedup", "empty_turns", "alternation", "bot_last", "normalize_tags", "shuffle",
-                 "keep_langs", "drop_langs", "max_per_lang", "balance_langs", "detect_lang", "basic_repeat", "num_proc")
+                 "keep_langs", "drop_langs", "max_per_lang", "balance_langs", "detect_lang", "basic_repeat", "num_proc",
+                 "prosocial_check", "oasst1_trees")
 
 
 def _candidates(v):
     return v[0] if v and len(v) == 1 and v[0] in ("all", "default") else v
 
 
-def _recipe_sources(args) -> dict:
-    from bloomchat.train.recipe import load_recipe
-
+def _set_vars(items: list[str]) -> dict[str, str]:
     vars_ = {}
-    for item in args.set:
+    for item in items:
         name, eq, value = item.partition("=")
         if not eq or not name.strip():
             raise BloomchatError(f"--set expects NAME=VALUE, got {item!r}")
         vars_[name.strip()] = value
-    recipe = load_recipe(args.recipe, vars=vars_, only_stage=args.stage)
-    stages = [s for s in recipe.stages if s.data.is_raw]
-    if args.stage is not None:
-        stages = [s for s in recipe.stages if s.name == args.stage]
-        if not stages:
-            raise BloomchatError(f"no stage named {args.stage!r} (stages: {', '.join(s.name for s in recipe.stages)})",
-                                 where=str(args.recipe))
-        if not stages[0].data.is_raw:
-            raise BloomchatError(f"stage {args.stage!r} uses packed shards, not raw sources", where=str(args.recipe))
-    if not stages:
-        raise BloomchatError("no stage with raw sources (oig/dolly/oasst1/jsonl)", where=str(args.recipe))
-    d = stages[0].data
-    return {"oig": d.oig, "dolly": d.dolly, "oasst1": d.oasst1, "jsonl": d.jsonl, "seed": recipe.seed,
-            "per_source": d.per_source, **d.prepare}
+    return vars_
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -123,7 +119,9 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     kw: dict = {}
     if args.recipe is not None:
-        kw = _recipe_sources(args)
+        if args.resolve_recipe is None:
+            raise BloomchatError("--recipe is read by `bloomchat prepare` (bloomchat.prepare_cli), not by this parser")
+        kw = args.resolve_recipe(args.recipe, args.stage, _set_vars(args.set))
     elif args.stage is not None or args.set:
         raise BloomchatError("--stage and --set need --recipe")
     for k in ("oig", "dolly", "oasst1", "jsonl"):

@@ -21,14 +21,16 @@ are looked at: the language is settled long before, and the cost is linear in le
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Iterable, Sequence
+
+from bloomchat import langs
+from bloomchat.errors import BloomchatError
 
 #: 500 characters ~ 100 English words. Measured (Dolly en / Alpaca zh / vigogne fr accuracy):
 #: 2,000 chars 99.95 / 98.2 / 99.0 % at 3,100 Dolly conv/s of CPU; 500 chars the same accuracy at
 #: 4,800/s; 300 chars loses French (98.5 %).
 MAX_CHARS = 500
-UNDETERMINED = "und"
+UNDETERMINED = langs.UNDETERMINED
 
 #: langid.py's original 97 languages (Lui & Baldwin 2012) less la, vo (not chat languages), as
 #: present in py3langid's model (nb: "no" and "nb" both stand for Norwegian Bokmål there).
@@ -39,32 +41,12 @@ DEFAULT_CANDIDATES: tuple[str, ...] = tuple(
 )
 
 
-@lru_cache(maxsize=8)
-def _identifier(candidates: tuple[str, ...] | None):
-    try:
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-    except ImportError:
-        from bloomchat.errors import BloomchatError
-
-        raise BloomchatError(
-            "language detection needs py3langid: pip install 'bloomchat[langid]' (or pass --no-langid)"
-        ) from None
-
-    ident = LanguageIdentifier.from_model_file(MODEL_FILE)
-    if candidates is not None:
-        known = set(ident.nb_classes)
-        ident.set_languages([c for c in candidates if c in known])
-    return ident
-
-
 def all_languages() -> list[str]:
-    return sorted(set(_identifier(None).nb_classes))
+    return langs.langid_languages()
 
 
 def resolve_candidates(candidates: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """None/"default" -> DEFAULT_CANDIDATES, "all" -> every language of the model, else a checked list."""
-    from bloomchat.errors import BloomchatError
-
     if candidates is None or candidates == "default":
         return DEFAULT_CANDIDATES
     if candidates == "all":
@@ -78,12 +60,7 @@ def resolve_candidates(candidates: str | Sequence[str] | None) -> tuple[str, ...
 
 
 def detector_name() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"py3langid {version('py3langid')}"
-    except PackageNotFoundError:
-        return "none (py3langid not installed)"
+    return langs.langid_name()
 
 
 def detect(text: str, candidates: tuple[str, ...] | None = DEFAULT_CANDIDATES) -> str:
@@ -91,7 +68,7 @@ def detect(text: str, candidates: tuple[str, ...] | None = DEFAULT_CANDIDATES) -
     text = text[:MAX_CHARS]
     if not any(c.isalpha() for c in text):
         return UNDETERMINED
-    return _identifier(candidates).classify(text)[0]
+    return langs.identifier(candidates).classify(text)[0]
 
 
 def conversation_text(texts: Iterable[str]) -> str:

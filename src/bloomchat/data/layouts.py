@@ -96,6 +96,17 @@ def _alpaca(v: dict) -> list[Turn]:
     return turns + [Turn("human", human.strip()), Turn("bot", out.strip())]
 
 
+def dolly_turns(instruction: str, context: str, response: str) -> tuple[list[Turn], str]:
+    """Dolly record -> (stripped turns, BLOOMChat text)."""
+    if context == "":
+        text = f"<human>: {instruction}\n<bot>: {response}"
+        human = instruction
+    else:
+        text = f"<human>: {instruction}\n{context}\n<bot>: {response}"
+        human = f"{instruction}\n{context}"
+    return [Turn("human", human.strip()), Turn("bot", response.strip())], text
+
+
 def user_record_to_turns(v: Any) -> tuple[list[Turn], str | None, str | None]:
     """(turns, verbatim BLOOMChat text or None, lang or None) of one user record."""
     if not isinstance(v, dict):
@@ -132,8 +143,6 @@ def user_record_to_turns(v: Any) -> tuple[list[Turn], str | None, str | None]:
     elif "instruction" in v and "output" in v:
         turns = _alpaca(v)
     elif "instruction" in v and "response" in v:
-        from bloomchat.data.readers import dolly_turns
-
         for k in ("instruction", "response"):
             if not isinstance(v[k], str):
                 raise LayoutError(f"wrong type: '{k}' is not a string")

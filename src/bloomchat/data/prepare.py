@@ -40,19 +40,22 @@ from bloomchat.data.readers import (
     OIG_BASIC_COPIES,
     OIG_PER_SOURCE,
     OIG_SKIP_SOURCES,
+    PROSOCIAL_CHECKS,
     no_usable_line,
     oig_copies,
+    file_stem,
     read_dolly,
     read_oasst1,
     read_oig,
+    read_tree_ids,
     read_user_jsonl,
 )
 from bloomchat.data.records import check_file
+from bloomchat.errors import BloomchatError
 
 #: Conversations tagged per language-ID round: big enough to keep worker processes busy
 #: (256 per task), small enough to keep memory flat (~1 MB of texts).
 LANGID_BATCH = 2048
-from bloomchat.errors import BloomchatError
 
 #: Options `prepare(**options)` accepts, with defaults (the CLI flags map onto these names).
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -64,6 +67,13 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "bot_last": True,
     "normalize_tags": False,  # OIG: write `Rosey:` bot tags as `<bot>:` in the completion text
     "skip_sources": OIG_SKIP_SOURCES,
+    # OIG: where skip_sources is looked up. "meta_or_metadata": `metadata` (OIG's files), else `meta`;
+    # "meta": only `meta`, as BLOOMChat's script did (so on OIG's files it skips nothing). The summary's
+    # oig_skip_rules counts what each rule would skip.
+    "prosocial_check": "meta_or_metadata",
+    # OASST1: keep only the message trees of one split, read from this file (HF oasst1's
+    # data/train-*.parquet or any file with message_tree_id fields, or a .txt of tree ids); None: all.
+    "oasst1_trees": None,
     "basic_repeat": OIG_BASIC_COPIES - 1,  # extra copies of each unified_basic item (BLOOMChat: 1000)
     "detect_lang": True,
     "lang_candidates": None,  # None: langid.DEFAULT_CANDIDATES; "all"; or a list of codes
@@ -105,6 +115,10 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     for k in ("max_per_lang", "max_turn_chars"):
         if opts[k] is not None and (not isinstance(opts[k], int) or opts[k] < 1):
             raise BloomchatError(f"{k} must be a positive integer, got {opts[k]!r}")
+    if opts["prosocial_check"] not in PROSOCIAL_CHECKS:
+        raise BloomchatError(f"prosocial_check must be one of {', '.join(PROSOCIAL_CHECKS)}, got {opts['prosocial_check']!r}")
+    if opts["oasst1_trees"] is not None and not isinstance(opts["oasst1_trees"], (str, os.PathLike)):
+        raise BloomchatError(f"oasst1_trees must be a file path, got {opts['oasst1_trees']!r}")
     for k in ("keep_langs", "drop_langs"):
         if isinstance(opts[k], str):
             opts[k] = [opts[k]]
@@ -149,6 +163,13 @@ def prepare(
     for target in (out, rejects, summary_path(out)):
         if any(target.resolve() == p.resolve() for _, p in inputs):
             raise BloomchatError("an output path is also an input: it would overwrite it", where=str(target))
+        if target.is_dir():
+            raise BloomchatError("output path is a folder", where=str(target))
+        if not target.parent.is_dir():
+            raise BloomchatError("output folder does not exist", where=str(target.parent))
+    trees = read_tree_ids(Path(opts["oasst1_trees"])) if opts["oasst1_trees"] is not None else None
+    if trees is not None and not oasst1:
+        raise BloomchatError("oasst1_trees filters OASST1 trees, but there is no --oasst1 input")
 
     if opts["filters"]:
         fconf = FilterConfig(
@@ -161,7 +182,12 @@ def prepare(
     candidates = langid.resolve_candidates(opts["lang_candidates"])
 
     spill_path = out.with_name(f".{out.name}.{os.getpid()}.spill")
-    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    # every output is written to a temporary name next to it and moved into place only once the
+    # whole run succeeded: a failed run leaves the previous out / rejects / summary untouched
+    tmp = {t: t.with_name(f".{t.name}.{os.getpid()}.tmp") for t in (out, rejects, summary_path(out))}
+    tmp_out = tmp[out]
+    would_skip: Counter = Counter()  # OIG items each prosocial_check rule would skip
+    split_counts: Counter = Counter()  # OASST1 trees kept / dropped by oasst1_trees
     offsets, file_idx, n_lines, lang_idx = array("q"), array("h"), array("i"), array("i")
     langs: list[str] = []
     lang_pos: dict[str, int] = {}
@@ -203,18 +229,19 @@ def prepare(
         pending.clear()
 
     try:
-        with open(rejects, "w", encoding="utf-8", errors="backslashreplace") as rej, open(spill_path, "wb") as spill:
+        with _create(tmp[rejects]) as rej, open(spill_path, "wb") as spill:
             ledger = Ledger(rej)
             for fi, (kind, path) in enumerate(inputs):
                 key = str(path)
                 if kind == "oig":
                     stream = read_oig(path, ledger, per_source=per_source, normalize_tags=opts["normalize_tags"],
-                                      skip_sources=tuple(opts["skip_sources"] or ()))
+                                      skip_sources=tuple(opts["skip_sources"] or ()),
+                                      prosocial_check=opts["prosocial_check"], would_skip=would_skip)
                     copies_by_file[fi] = 1 + opts["basic_repeat"] if oig_copies(path) > 1 else 1
                 elif kind == "dolly":
                     stream = read_dolly(path, ledger)
                 elif kind == "oasst1":
-                    stream = read_oasst1(path, ledger)
+                    stream = read_oasst1(path, ledger, trees=trees, split_counts=split_counts)
                 else:
                     stream = read_user_jsonl(path, ledger)
                 for conv, nl in tqdm(stream, desc=f"prepare {path.name}", unit="conv", disable=not opts["progress"],
@@ -229,7 +256,12 @@ def prepare(
                 flush()
                 st = ledger.files[key]
                 if st.lines_read == sum(st.rejected.values()):  # empty, or every line rejected
-                    raise no_usable_line(path, kind)
+                    failed = None
+                    if st.lines_read:  # keep this run's reasons apart: the previous rejects file stays as it was
+                        rej.flush()
+                        failed = rejects.with_name(rejects.name.removesuffix(".jsonl") + ".failed.jsonl")
+                        os.replace(tmp[rejects], failed)
+                    raise no_usable_line(path, kind, failed)
 
             rng = np.random.default_rng(seed)
             keep = _language_caps(np.frombuffer(lang_idx, dtype=np.int32), len(langs), opts, rng)
@@ -239,14 +271,35 @@ def prepare(
         summary = _write_output(
             spill_path, tmp_out, offsets, file_idx, lang_idx, keep, copies_by_file, langs, inputs, ledger, rng, opts
         )
-        os.replace(tmp_out, out)
+        _finish_summary(summary, out=out, rejects=rejects, ledger=ledger, seed=seed, per_source=per_source,
+                        opts=opts, fconf=fconf, t0=t0, dropped_convs=dropped_convs)
+        if any(k == "oig" for k, _ in inputs):
+            summary["oig_skip_rules"] = {c: would_skip[c] for c in PROSOCIAL_CHECKS}
+        if trees is not None:
+            summary["oasst1_split"] = {"tree_ids_listed": len(trees), "trees_kept": split_counts["trees_kept"],
+                                       "trees_dropped": split_counts["trees_dropped"]}
+        with _create(tmp[summary_path(out)]) as f:
+            f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        for target in (out, rejects, summary_path(out)):  # the summary last: it vouches for the other two
+            os.replace(tmp[target], target)
+    except OSError as e:  # a full disk, a read-only folder...: one line naming the output, not a traceback
+        where = next((str(t) for t, p in tmp.items() if str(p) == str(e.filename)), str(e.filename or out))
+        raise BloomchatError(f"cannot write: {e.strerror or e}", where=where) from None
     finally:
         if pool is not None:
             pool.terminate()
-        for p in (spill_path, tmp_out):
+        for p in (spill_path, *tmp.values()):
             if p.exists():
                 p.unlink()
+    return summary
 
+
+def _create(path: Path):
+    """A new text file for an output (lone surrogates in rejected records written escaped)."""
+    return open(path, "w", encoding="utf-8", errors="backslashreplace")
+
+
+def _finish_summary(summary: dict, *, out, rejects, ledger, seed, per_source, opts, fconf, t0, dropped_convs) -> None:
     summary.update(
         out=str(out),
         summary=str(summary_path(out)),
@@ -254,7 +307,7 @@ def prepare(
         rejects_written=ledger.rejects_written,
         seed=seed,
         per_source=per_source,
-        options={k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items() if k not in ("progress", "num_proc")},
+        options={k: _jsonable(v) for k, v in opts.items() if k not in ("progress", "num_proc")},
         filters=vars(fconf),
         langid=langid.detector_name(),
         seconds=round(time.perf_counter() - t0, 3),
@@ -263,8 +316,10 @@ def prepare(
     files = [s.to_dict() for s in ledger.files.values()]
     summary["files"] = files
     summary["balanced"] = all(f["balanced"] for f in files)
-    summary_path(out).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return summary
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else str(v) if isinstance(v, os.PathLike) else v
 
 
 def _json_line(rec: dict) -> bytes:
@@ -347,7 +402,5 @@ def _write_output(spill_path, tmp_out, offsets, file_idx, lang_idx, keep, copies
 
 
 def _source_of(inp: tuple[str, Path]) -> str:
-    from bloomchat.data.readers import file_stem
-
     kind, path = inp
     return {"oig": f"oig/{file_stem(path)}", "jsonl": f"user/{file_stem(path)}"}.get(kind, kind)

@@ -21,13 +21,14 @@ Structured turns are always stripped; `completion` keeps the BLOOMChat text when
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from bloomchat.chat_format import BOT_ALIASES, BOT_TAG, parse_text
 from bloomchat.conversation import Conversation, Turn
-from bloomchat.data.layouts import LayoutError, user_record_to_turns
+from bloomchat.data.layouts import LayoutError, dolly_turns, user_record_to_turns
 from bloomchat.data.ledger import Ledger
 from bloomchat.data.records import Raw, open_records
 from bloomchat.errors import BloomchatError
@@ -39,6 +40,11 @@ OIG_BASIC_COPIES = 1 + 1000
 OIG_BASIC_STEMS = ("unified_basic",)
 #: OIG metadata sources BLOOMChat skipped ("prosocial sometimes produce unsafe answers").
 OIG_SKIP_SOURCES = ("prosocial",)
+#: Where an OIG item's source is looked up for `skip_sources`. BLOOMChat's script reads only
+#: `meta` (sambanova/bloomchat data_prep/subsample_openchatkit.py@7399370, lines 62-64:
+#: `if "meta" in item: if item["meta"]["source"] == "prosocial": continue`), while OIG's files
+#: carry `metadata`, so its skip never fires on them; "meta_or_metadata" skips what it meant to.
+PROSOCIAL_CHECKS = ("meta_or_metadata", "meta")
 #: BLOOMChat's per-file cap is named "100K_each" (bloom_ock_100K_each.jsonl).
 OIG_PER_SOURCE = 100_000
 
@@ -107,21 +113,35 @@ def read_oig(
     per_source: int = OIG_PER_SOURCE,
     normalize_tags: bool = False,
     skip_sources: tuple[str, ...] = OIG_SKIP_SOURCES,
+    prosocial_check: str = "meta_or_metadata",
+    would_skip: Counter | None = None,
 ) -> Iterator[tuple[Conversation, int]]:
-    """OIG `unified_*.jsonl[.gz]` lines `{"text": ..., "metadata": {"source": ...}}`."""
+    """OIG `unified_*.jsonl[.gz]` lines `{"text": ..., "metadata": {"source": ...}}`.
+
+    `prosocial_check` (PROSOCIAL_CHECKS) picks the field whose `source` is tested against
+    `skip_sources`; `would_skip`, when given, counts per check how many items it would skip,
+    whichever one is in force.
+    """
     path = Path(path)
     key, stem = str(path), file_stem(path)
     for raw in _records(path, "oig", ledger, limit=per_source):
         try:
             value = _require_object(raw)
             text = _str_field(value, "text")
-            meta = value.get("metadata", value.get("meta"))
-            if meta is not None and not isinstance(meta, dict):
-                raise LayoutError("wrong type: 'metadata' is not an object")
+            for name in ("metadata", "meta"):
+                if value.get(name) is not None and not isinstance(value[name], dict):
+                    raise LayoutError(f"wrong type: '{name}' is not an object")
         except LayoutError as e:
             ledger.reject(key, raw.line, str(e), raw.value)
             continue
-        src = (meta or {}).get("source")
+        sources = {
+            "meta_or_metadata": (value.get("metadata", value.get("meta")) or {}).get("source"),
+            "meta": (value.get("meta") or {}).get("source"),
+        }
+        if would_skip is not None:
+            for check, s in sources.items():
+                would_skip[check] += s in skip_sources
+        src = sources[prosocial_check]
         if src in skip_sources:
             ledger.drop(key, str(src))
             continue
@@ -139,17 +159,6 @@ def iter_oig(path: Path, **kw: Any) -> Iterator[Conversation]:
 
 
 # ---------------------------------------------------------------- Dolly
-
-
-def dolly_turns(instruction: str, context: str, response: str) -> tuple[list[Turn], str]:
-    """Dolly record -> (stripped turns, BLOOMChat text)."""
-    if context == "":
-        text = f"<human>: {instruction}\n<bot>: {response}"
-        human = instruction
-    else:
-        text = f"<human>: {instruction}\n{context}\n<bot>: {response}"
-        human = f"{instruction}\n{context}"
-    return [Turn("human", human.strip()), Turn("bot", response.strip())], text
 
 
 def read_dolly(path: Path, ledger: Ledger) -> Iterator[tuple[Conversation, int]]:
@@ -230,13 +239,43 @@ class _Msg:
     lang: str | None
     score: int
     children: list[str] = field(default_factory=list)
+    tree: str | None = None
 
 
-def read_oasst1(path: Path, ledger: Ledger) -> Iterator[tuple[Conversation, int]]:
+#: Filter reason of OASST1 messages whose tree is not in `trees` (another split).
+OASST_OTHER_SPLIT = "oasst_other_split"
+
+
+def read_tree_ids(path: Path) -> frozenset[str]:
+    """The OASST1 message trees of one split: every `message_tree_id` of a .jsonl/.json/.parquet
+    file (such as Hugging Face's OpenAssistant/oasst1 `data/train-*.parquet`), or, for a .txt
+    file, one tree id a line."""
+    path = Path(path)
+    if not path.is_file():
+        raise BloomchatError("tree-id file not found", where=str(path))
+    if path.name.lower().endswith(".txt"):
+        ids = {ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()}
+    else:
+        ids = set()
+        for raw in open_records(path):
+            v = raw.value
+            if isinstance(v, dict) and isinstance(v.get("message_tree_id"), str):
+                ids.add(v["message_tree_id"])
+    if not ids:
+        raise BloomchatError("no OASST1 tree id in this file (expected message_tree_id fields, or a .txt "
+                             "with one id a line)", where=str(path))
+    return frozenset(ids)
+
+
+def read_oasst1(
+    path: Path, ledger: Ledger, *, trees: frozenset[str] | None = None, split_counts: Counter | None = None
+) -> Iterator[tuple[Conversation, int]]:
     """OASST1 message-level export (one message a line) or tree export (one tree a line).
 
     The layout is decided by the first readable record. The message-level export is held in
-    memory as a tree (message ids, roles, texts, scores: what the best path needs).
+    memory as a tree (message ids, roles, texts, scores: what the best path needs). With `trees`
+    (see `read_tree_ids`), messages of any other tree are left out as OASST_OTHER_SPLIT;
+    `split_counts` then counts trees_kept / trees_dropped.
     """
     path = Path(path)
     key = str(path)
@@ -254,13 +293,16 @@ def read_oasst1(path: Path, ledger: Ledger) -> Iterator[tuple[Conversation, int]
         yield first
         yield from records
 
+    counts = split_counts if split_counts is not None else Counter()
     if "message_id" in first.value:
-        yield from _oasst_messages(path, ledger, rest())
+        yield from _oasst_messages(path, ledger, rest(), trees, counts)
     else:
-        yield from _oasst_trees(path, ledger, rest())
+        yield from _oasst_trees(path, ledger, rest(), trees, counts)
 
 
-def _oasst_messages(path: Path, ledger: Ledger, records: Iterator[Raw]) -> Iterator[tuple[Conversation, int]]:
+def _oasst_messages(
+    path: Path, ledger: Ledger, records: Iterator[Raw], trees: frozenset[str] | None, counts: Counter
+) -> Iterator[tuple[Conversation, int]]:
     key = str(path)
     msgs: dict[str, _Msg] = {}
     for raw in records:
@@ -278,8 +320,14 @@ def _oasst_messages(path: Path, ledger: Ledger, records: Iterator[Raw]) -> Itera
         except LayoutError as e:
             ledger.reject(key, raw.line, str(e), raw.value)
             continue
+        tree = v.get("message_tree_id") if isinstance(v.get("message_tree_id"), str) else None
+        if trees is not None and tree is not None and tree not in trees:
+            ledger.drop(key, OASST_OTHER_SPLIT)
+            if v.get("parent_id") is None:
+                counts["trees_dropped"] += 1
+            continue
         lang = v.get("lang") if isinstance(v.get("lang"), str) else None
-        msgs[mid] = _Msg(raw.line, parent, v["role"], v["text"], lang, emoji_score(v.get("emojis")))
+        msgs[mid] = _Msg(raw.line, parent, v["role"], v["text"], lang, emoji_score(v.get("emojis")), tree=tree)
     # children in file order (BLOOMChat appends child ids while walking the messages in order)
     for mid, m in msgs.items():
         if m.parent is not None and m.parent in msgs:
@@ -322,8 +370,14 @@ def _oasst_messages(path: Path, ledger: Ledger, records: Iterator[Raw]) -> Itera
             if c not in on_path:
                 off += 1
             stack.extend(msgs[c].children)
+        if trees is not None and (m.tree or mid) not in trees:  # no message_tree_id: the root's id is the tree's
+            ledger.drop(key, OASST_OTHER_SPLIT, off + len(path_ids))
+            counts["trees_dropped"] += 1
+            continue
         if off:
             ledger.drop(key, "oasst_other_branch", off)
+        if trees is not None:
+            counts["trees_kept"] += 1
         conv = _oasst_conversation(
             [{"role": msgs[i].role, "text": msgs[i].text, "lang": msgs[i].lang} for i in path_ids],
             cid=f"oasst1:{mid}",
@@ -331,9 +385,20 @@ def _oasst_messages(path: Path, ledger: Ledger, records: Iterator[Raw]) -> Itera
         yield conv, len(path_ids)
 
 
-def _oasst_trees(path: Path, ledger: Ledger, records: Iterator[Raw]) -> Iterator[tuple[Conversation, int]]:
+def _oasst_trees(
+    path: Path, ledger: Ledger, records: Iterator[Raw], trees: frozenset[str] | None, counts: Counter
+) -> Iterator[tuple[Conversation, int]]:
     key = str(path)
     for raw in records:
+        if trees is not None and isinstance(raw.value, dict):
+            v = raw.value
+            root = v.get("prompt") if isinstance(v.get("prompt"), dict) else {}
+            tid = v.get("message_tree_id") or root.get("message_id")
+            if tid not in trees:
+                ledger.drop(key, OASST_OTHER_SPLIT)
+                counts["trees_dropped"] += 1
+                continue
+            counts["trees_kept"] += 1
         try:
             v = _require_object(raw)
             root = v.get("prompt")
@@ -390,9 +455,9 @@ def iter_user_jsonl(path: Path) -> Iterator[Conversation]:
 READERS = {"oig": read_oig, "dolly": read_dolly, "oasst1": read_oasst1, "jsonl": read_user_jsonl}
 
 
-def no_usable_line(path: Path, kind: str) -> BloomchatError:
+def no_usable_line(path: Path, kind: str, rejects: Path | None = None) -> BloomchatError:
+    why = f"see {rejects} for why" if rejects is not None else "see the rejects file for why"
     return BloomchatError(
-        f"no usable line in this {kind} file: it is empty or every line was rejected "
-        "(see the rejects file for why)",
+        f"no usable line in this {kind} file: it is empty or every line was rejected ({why})",
         where=str(path),
     )

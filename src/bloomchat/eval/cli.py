@@ -1,15 +1,20 @@
-"""`bloomchat eval`: measure a model per language; `eval compare`: runs side by side.
+"""`bloomchat eval run MODEL`: measure a model per language; `eval compare`: runs side by side.
 
-    bloomchat eval out/stage2 --task translation --data ../shared/data/flores101 --directions en-zh,zh-en --limit 200 -o runs/stage2
-    bloomchat eval out/stage2 --task mc --data ../shared/data/xwinograd/xwinograd.tsv -o runs/stage2
-    bloomchat eval out/stage2 --task chat --data ../shared/data/eval_prompts_vicuna80_12lang --guards both -o runs/stage2
-    bloomchat eval my-model --backend openai --base-url http://127.0.0.1:8000/v1 --task chat --data ../shared/data/belle_eval_set_zh -o runs/served
-    bloomchat eval out/stage2 --spec tasks.yaml -o runs/stage2
+    bloomchat eval run out/stage2 --task translation --data ../shared/data/flores101 --directions en-zh,zh-en --limit 200 -o runs/stage2
+    bloomchat eval run out/stage2 --task mc --data ../shared/data/xwinograd/xwinograd.tsv -o runs/stage2
+    bloomchat eval run out/stage2 --task mc --data ../shared/data/xcopa --mc-format lm-eval -o runs/stage2
+    bloomchat eval run out/stage2 --task mgsm --data ../shared/data/mgsm --shots 8 -o runs/stage2
+    bloomchat eval run out/stage2 --task chat --data ../shared/data/eval_prompts_vicuna80_12lang --guards both -o runs/stage2
+    bloomchat eval run my-model --backend openai --base-url http://127.0.0.1:8000/v1 --task chat --data ../shared/data/belle_eval_set_zh -o runs/served
+    bloomchat eval run out/stage2 --task fertility --data ../shared/data/flores101 -o runs/stage2
+    bloomchat eval run out/stage2 --spec tasks.yaml -o runs/stage2
     bloomchat eval compare runs/base runs/stage1 runs/stage2 -o runs/compare
     bloomchat eval convert ../shared/data/xwinograd/xwinograd.tsv --format xwinograd -o xwinograd.jsonl
 
-A run dir holds one model; further `bloomchat eval` calls into it add tasks. A killed run
-resumes where it stopped when started again with the same command.
+`bloomchat eval MODEL --task ...` is short for `bloomchat eval run MODEL --task ...` (a model
+directory named like a subcommand needs the long form). A run dir holds one model; further
+runs into it add tasks. A killed run resumes where it stopped when started again with the
+same command.
 """
 
 from __future__ import annotations
@@ -23,36 +28,60 @@ from bloomchat.errors import BloomchatError
 
 TASK_KEYS = {
     "task", "data", "format", "name", "limit", "directions", "split", "shots", "prompt", "bleu_tokenize",
-    "first_line", "langs", "lang", "norm", "guards", "greedy", "temperature", "top_p", "repetition_penalty",
-    "seed", "max_new_tokens", "degenerate_threshold",
+    "first_line", "langs", "lang", "norm", "mc_format", "guards", "greedy", "temperature", "top_p",
+    "repetition_penalty", "seed", "max_new_tokens", "degenerate_threshold", "tokenizer",
 }
+TASKS = ("translation", "mc", "mgsm", "chat", "fertility")
+SUBCOMMANDS = ("run", "compare", "convert")
+
+
+class _EvalParser(argparse.ArgumentParser):
+    """`bloomchat eval MODEL ...` (no subcommand) parses as `bloomchat eval run MODEL ...`."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[2:] if args is None else args)
+        if args and args[0] not in SUBCOMMANDS and args[0] not in ("-h", "--help"):
+            args = ["run"] + args
+        return super().parse_known_args(args, namespace)
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="measure a model per language: translation, multiple choice, chat behaviour",
-        description="bloomchat eval MODEL --task translation|mc|chat --data PATH -o RUNDIR\n"
+        "eval", help="measure a model per language: translation, multiple choice, math, chat behaviour",
+        description="bloomchat eval run MODEL --task translation|mc|mgsm|chat --data PATH -o RUNDIR\n"
                     "bloomchat eval compare RUN [RUN ...] [-o DIR]\n"
-                    "bloomchat eval convert FILE --format xnli|xwinograd|xstorycloze|pawsx -o OUT.jsonl",
+                    "bloomchat eval convert FILE --format xnli|xwinograd|xstorycloze|pawsx|xcopa -o OUT.jsonl\n\n"
+                    "`bloomchat eval MODEL --task ...` is short for `bloomchat eval run MODEL --task ...`.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL|compare|convert",
-                   help="model dir or hub name (for --backend openai: the served model's name); "
-                        "or 'compare' / 'convert' followed by their inputs")
-    p.add_argument("inputs", nargs="*", metavar="RUN", help="run dirs for compare; the input file for convert")
-    p.add_argument("-o", "--out", help="run dir (eval), output dir (compare) or output .jsonl (convert)")
+    p.__class__ = _EvalParser
+    sub = p.add_subparsers(dest="eval_cmd", metavar="SUBCOMMAND", parser_class=argparse.ArgumentParser)
+    _add_run(sub)
+    _add_compare(sub)
+    _add_convert(sub)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="evaluate one model into a run dir",
+                       description="bloomchat eval run MODEL --task translation|mc|mgsm|chat|fertility --data PATH -o RUNDIR")
+    p.add_argument("model", metavar="MODEL",
+                   help="model dir or hub name (for --backend openai: the served model's name)")
+    p.add_argument("-o", "--out", help="run dir")
     t = p.add_argument_group("task (or several in a --spec YAML file: a list of mappings with these keys)")
-    t.add_argument("--task", choices=["translation", "mc", "chat"])
+    t.add_argument("--task", choices=TASKS)
     t.add_argument("--data", help="file or folder of the evaluation set")
     t.add_argument("--format", default="auto",
-                   help="translation: flores|wmt|jsonl; mc: jsonl|xnli|xwinograd|xstorycloze|pawsx; "
+                   help="translation: flores|wmt|jsonl; mc: jsonl|xnli|xwinograd|xstorycloze|pawsx|xcopa; "
                         "chat: jsonl|oasst60 (default: detected)")
     t.add_argument("--name", help="task name in the run dir (default from the task and data)")
     t.add_argument("--limit", type=int, help="first N examples per direction / language")
     t.add_argument("--spec", help="YAML file with a list of tasks (keys as the flags, with _ for -)")
-    tr = p.add_argument_group("translation")
+    tr = p.add_argument_group("translation and mgsm")
     tr.add_argument("--directions", help="e.g. en-zh,zh-en (default: en <-> every other language)")
     tr.add_argument("--split", help="FLORES split when a folder holds several (dev, devtest)")
-    tr.add_argument("--shots", type=int, default=0, help="few-shot pairs (taken from the start of the set)")
+    tr.add_argument("--shots", type=int, default=0,
+                    help="translation: few-shot pairs (from the start of the set); mgsm: native chain-of-thought "
+                         "exemplars 0..8 (from the data folder's exemplars.py)")
     tr.add_argument("--prompt", help="user turn template with {src_name} {tgt_name} {src_lang} {tgt_lang} {text}")
     tr.add_argument("--all-lines", dest="first_line", action="store_false", default=None,
                     help="score the whole reply, not just its first line")
@@ -62,6 +91,10 @@ def add_parser(subparsers) -> None:
     mc.add_argument("--lang", help="language of files whose rows and file name do not say")
     mc.add_argument("--norm", default="sum", choices=["sum", "mean", "char", "byte"],
                     help="primary normalisation of option log-likelihoods (all four are reported)")
+    mc.add_argument("--mc-format", default="native", choices=["native", "lm-eval"],
+                    help="XWinograd/XCOPA: score the text as written (native), or build "
+                         "lm-evaluation-harness's requests to compare with its published tables (lm-eval)")
+    mc.add_argument("--tokenizer", help="fertility: measure this tokenizer (folder or .gguf file) instead of MODEL's")
     mc.add_argument("--guards", choices=["off", "on", "both"],
                     help="chat without / with bloomchat.infer's guards, or both arms "
                          "(default: no guards; a local model always generates through bloomchat.infer's engine)")
@@ -89,6 +122,31 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="runs side by side, with paired tests against the first",
+                       description="bloomchat eval compare RUN [RUN ...] [-o DIR]\n\nThe first run is the baseline; "
+                                   "each later run gets paired differences on the items both scored (McNemar's exact "
+                                   "test for right/wrong outcomes, paired bootstrap otherwise).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs (bloomchat eval run ... -o RUN)")
+    p.add_argument("-o", "--out", help="output dir for compare.json, compare.md and charts")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0: none)")
+    p.set_defaults(func=_compare)
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="a multiple-choice set to bloomchat's documented jsonl form",
+                       description="bloomchat eval convert FILE --format xnli|xwinograd|xstorycloze|pawsx|xcopa "
+                                   "-o OUT.jsonl")
+    p.add_argument("input", metavar="FILE", help="the set (a file, or a folder of files)")
+    p.add_argument("-o", "--out", required=True, help="output .jsonl")
+    p.add_argument("--format", default="auto", help="xnli|xwinograd|xstorycloze|pawsx|xcopa|jsonl (default: detected)")
+    p.add_argument("--lang", help="language of files whose rows and file name do not say")
+    p.add_argument("--mc-format", default="native", choices=["native", "lm-eval"],
+                   help="XWinograd/XCOPA: native text, or lm-evaluation-harness's requests")
+    p.set_defaults(func=_convert)
+
+
 def _task_opts(args) -> dict:
     keys = TASK_KEYS - {"greedy"}
     opts = {k: getattr(args, k) for k in keys if getattr(args, k, None) not in (None, "")}
@@ -100,6 +158,8 @@ def _task_opts(args) -> dict:
         opts.pop("shots", None)
     if opts.get("norm") == "sum":
         opts.pop("norm")
+    if opts.get("mc_format") == "native":
+        opts.pop("mc_format")
     return opts
 
 
@@ -128,8 +188,8 @@ def make_tasks(opts: dict, where: str = "command line") -> list:
         raise BloomchatError(f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(TASK_KEYS))}",
                              where=where)
     kind, data = opts.get("task"), opts.get("data")
-    if kind not in ("translation", "mc", "chat"):
-        raise BloomchatError("task must be translation, mc or chat (--task)", where=where)
+    if kind not in TASKS:
+        raise BloomchatError(f"task must be {', '.join(TASKS[:-1])} or {TASKS[-1]} (--task)", where=where)
     if not data:
         raise BloomchatError("no evaluation data (--data PATH)", where=where)
     if opts.get("limit") is not None and opts["limit"] < 1:
@@ -139,7 +199,7 @@ def make_tasks(opts: dict, where: str = "command line") -> list:
     if kind == "translation":
         from bloomchat.eval.translation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, TranslationTask, parse_directions
 
-        for k in ("langs", "norm", "guards"):
+        for k in ("langs", "norm", "guards", "mc_format"):
             if k in opts:
                 raise BloomchatError(f"{k} does not apply to translation", where=where)
         params = _gen_params(opts, GenParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS), where)
@@ -156,7 +216,29 @@ def make_tasks(opts: dict, where: str = "command line") -> list:
         for k in ("directions", "guards", "shots"):
             if k in opts:
                 raise BloomchatError(f"{k} does not apply to multiple choice", where=where)
-        return [MCTask(langs=langs, lang=lang, norm=opts.get("norm", "sum"), **common)]
+        return [MCTask(langs=langs, lang=lang, norm=opts.get("norm", "sum"),
+                       mc_format=opts.get("mc_format", "native"), **common)]
+    if "tokenizer" in opts and kind != "fertility":
+        raise BloomchatError(f"tokenizer does not apply to {kind}", where=where)
+    for k in ("mc_format", "norm", "directions"):
+        if k in opts:
+            raise BloomchatError(f"{k} does not apply to {kind}", where=where)
+    if kind == "fertility":
+        from bloomchat.eval.fertility import FertilityTask
+
+        for k in ("guards", "shots", "greedy", "temperature", "top_p", "repetition_penalty", "max_new_tokens"):
+            if k in opts:
+                raise BloomchatError(f"{k} does not apply to fertility", where=where)
+        common.pop("format")
+        return [FertilityTask(langs=langs, lang=lang, tokenizer=opts.get("tokenizer"), **common)]
+    if kind == "mgsm":
+        from bloomchat.eval.mgsm import MGSM_PARAMS, MGSMTask
+
+        if "guards" in opts:
+            raise BloomchatError("guards does not apply to mgsm", where=where)
+        common.pop("format")
+        return [MGSMTask(langs=langs, lang=lang, shots=int(opts.get("shots") or 0),
+                         params=_gen_params(opts, MGSM_PARAMS, where), **common)]
     from bloomchat.eval.chat import DEGENERATE_THRESHOLD, ChatTask
 
     params = _gen_params(opts, BLOOMCHAT_SAMPLING, where)
@@ -203,16 +285,10 @@ def _spec_tasks(path: str) -> list:
 
 
 def run(args) -> int:
-    if args.model == "compare":
-        return _compare(args)
-    if args.model == "convert":
-        return _convert(args)
     from bloomchat.eval.backends import make_backend
     from bloomchat.eval.report import markdown
     from bloomchat.eval.runner import run_eval
 
-    if args.inputs:
-        raise BloomchatError(f"unexpected argument(s) {' '.join(args.inputs)} (one MODEL per run)")
     if not args.out:
         raise BloomchatError("no run dir: pass -o RUNDIR")
     if args.spec:
@@ -221,7 +297,7 @@ def run(args) -> int:
         tasks = _spec_tasks(args.spec)
     else:
         if not args.task:
-            raise BloomchatError("no task: pass --task translation|mc|chat --data PATH, or --spec FILE")
+            raise BloomchatError(f"no task: pass --task {'|'.join(TASKS)} --data PATH, or --spec FILE")
         tasks = make_tasks(_task_opts(args), where="command line")
     backend = make_backend(args.model, backend=args.backend, dtype=args.dtype, device=args.device,
                            base_url=args.base_url, api_key=args.api_key, concurrency=args.concurrency,
@@ -235,7 +311,8 @@ def run(args) -> int:
     try:
         results = run_eval(tasks, backend, args.out, batch_size=args.batch_size, overwrite=args.overwrite,
                            bootstrap=args.bootstrap, progress=not args.no_progress,
-                           command="bloomchat eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+                           command="bloomchat eval run " + " ".join(
+                               shlex.quote(a) for a in sys.argv[2 + (sys.argv[2:3] == ["run"]):]))
     finally:
         backend.close()  # the local engine's thread
     md = markdown({**results, "tasks": {t.name: results["tasks"][t.name] for t in tasks}})
@@ -247,9 +324,7 @@ def run(args) -> int:
 def _compare(args) -> int:
     from bloomchat.eval.compare import compare_runs
 
-    if len(args.inputs) < 1:
-        raise BloomchatError("compare needs at least one run dir: bloomchat eval compare RUN [RUN ...]")
-    out = compare_runs(args.inputs, args.out, bootstrap=args.bootstrap)
+    out = compare_runs(args.runs, args.out, bootstrap=args.bootstrap)
     print(out["markdown"])
     if args.out:
         print(f"wrote {Path(args.out) / 'compare.json'}, compare.md and compare charts")
@@ -260,12 +335,10 @@ def _convert(args) -> int:
     from bloomchat.eval.langs import normalize_lang
     from bloomchat.eval.mc import load_mc, write_mc_jsonl
 
-    if len(args.inputs) != 1 or not args.out:
-        raise BloomchatError("usage: bloomchat eval convert FILE --format xnli|xwinograd|xstorycloze|pawsx -o OUT.jsonl")
     lang = normalize_lang(args.lang, "--lang") if args.lang else None
-    items = load_mc(args.inputs[0], args.format, lang)
+    items = load_mc(args.input, args.format, lang, args.mc_format)
     if not items:
-        raise BloomchatError("no examples", where=args.inputs[0])
+        raise BloomchatError("no examples", where=args.input)
     out = write_mc_jsonl(items, args.out)
     langs = sorted({it["lang"] for it in items})
     print(f"wrote {len(items)} examples ({', '.join(langs)}) to {out}")

@@ -4,7 +4,10 @@ Each run's numbers come with their own 95% bootstrap interval; each later run is
 against the first (the baseline) on the examples both evaluated, by paired bootstrap: the
 same resampled examples score both runs, so the interval is on the difference itself (much
 narrower than two overlapping marginal intervals suggest), with the share of resamples in
-which the run is not better (a one-sided p-value).
+which the run is not better (a one-sided p-value), and a two-sided paired test: McNemar's
+exact test for right/wrong outcomes (accuracy, exact match), the paired bootstrap for the
+rest (BLEU, chrF++, shares averaged over turns). A difference with p < 0.05 is marked * and
+listed under "Significant differences".
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ def metrics_for(entry: dict, group: str) -> list[Metric]:
         from bloomchat.eval.chat import chat_metrics
 
         return chat_metrics()
+    if kind == "mgsm":
+        from bloomchat.eval.mgsm import mgsm_metrics
+
+        return mgsm_metrics()
+    if kind == "fertility":
+        from bloomchat.eval.fertility import fertility_metrics
+
+        return fertility_metrics()
     raise BloomchatError(f"unknown task kind {kind!r}")
 
 
@@ -73,6 +84,7 @@ def compare_runs(runs: Sequence[str], out_dir: str | Path | None = None, *,
                           for lab, r, res in zip(labels, runs, loaded)}, "baseline": base_label, "tasks": {}}
     md = [f"# Comparison: {' vs '.join(labels)}", "",
           f"Baseline for the paired differences: {base_label}. 95% bootstrap intervals in brackets.", ""]
+    significant: list[str] = []
     for name in task_names:
         present = [(lab, r, res["tasks"][name]) for lab, r, res in zip(labels, runs, loaded) if name in res["tasks"]]
         first = present[0][2]
@@ -125,8 +137,8 @@ def compare_runs(runs: Sequence[str], out_dir: str | Path | None = None, *,
                 task_out["deltas"][lab] = deltas
                 if deltas:
                     names = list(next(iter(deltas.values())))
-                    md.append(f"**{lab} minus {base_label}** (paired bootstrap; p = share of resamples where "
-                              f"{lab} is not better)")
+                    md.append(f"**{lab} minus {base_label}** (paired; p: two-sided, McNemar's exact test for "
+                              f"right/wrong outcomes, else paired bootstrap; * p < 0.05)")
                     md.append("")
                     md.append("| group | n | " + " | ".join(names) + " |")
                     md.append("|" + "---|" * (len(names) + 2))
@@ -135,22 +147,44 @@ def compare_runs(runs: Sequence[str], out_dir: str | Path | None = None, *,
                         cells = []
                         for mname in names:
                             d = row[mname]
-                            c = fmt_delta(d, info.get(mname, {}).get("percent", False))
-                            if d.get("p_not_better") is not None:
-                                c += f" p={d['p_not_better']:.3f}"
+                            pct = info.get(mname, {}).get("percent", False)
+                            c = fmt_delta(d, pct)
+                            if d.get("p") is not None:
+                                c += f" p={d['p']:.3g}{' *' if d.get('significant') else ''}"
+                                if d.get("test") == "mcnemar_exact":
+                                    c += f" ({d['b_only']}:{d['a_only']})"
+                            if d.get("significant"):
+                                significant.append(f"{name} {g} {mname}: {lab} {fmt_delta(d, pct)} vs {base_label} "
+                                                   f"(p={d['p']:.3g}, {d['test'].replace('_', ' ')})")
                             cells.append(c)
                         md.append(f"| {g} | {n} | " + " | ".join(cells) + " |")
                     md.append("")
         out["tasks"][name] = task_out
+    if len(loaded) > 1:
+        md.append("## Significant differences (p < 0.05, paired)")
+        md.append("")
+        md.extend([f"- {x}" for x in significant] or ["- none: no paired difference reaches p < 0.05"])
+        md.append("")
+        md.append("McNemar cells show (items only the run got right : items only the baseline got right).")
+    out["significant"] = significant
     out["markdown"] = "\n".join(md)
     if out_dir:
+        from bloomchat.eval.report import _staged, commit_staged, drop_staged
+
         o = Path(out_dir)
         o.mkdir(parents=True, exist_ok=True)
-        (o / "compare.md").write_text(out["markdown"] + "\n", encoding="utf-8")
-        (o / "compare.json").write_text(json.dumps({k: v for k, v in out.items() if k != "markdown"}, indent=2,
-                                                   ensure_ascii=False) + "\n", encoding="utf-8")
-        for name, t in out["tasks"].items():
-            _chart(name, t, list(out["runs"]), o / f"compare_{safe_name(name)}.png")
+        staged = [(_staged(o / n), o / n) for n in ["compare.md", "compare.json"] +
+                  [f"compare_{safe_name(name)}.png" for name in out["tasks"]]]
+        try:  # all files or none: a failure keeps the previous comparison intact
+            staged[0][0].write_text(out["markdown"] + "\n", encoding="utf-8")
+            staged[1][0].write_text(json.dumps({k: v for k, v in out.items() if k != "markdown"}, indent=2,
+                                               ensure_ascii=False) + "\n", encoding="utf-8")
+            for (tmp, _), (name, t) in zip(staged[2:], out["tasks"].items()):
+                _chart(name, t, list(out["runs"]), tmp)
+        except BaseException:
+            drop_staged(staged)
+            raise
+        commit_staged(staged)
     return out
 
 

@@ -1,5 +1,5 @@
 """Multiple choice by log-likelihood, one documented jsonl form that XNLI, XWinograd,
-XStoryCloze and PAWS-X all convert to.
+XStoryCloze, PAWS-X and XCOPA all convert to.
 
 The form, one JSON object a line:
 
@@ -17,6 +17,9 @@ Normalisations, all reported, one chosen as primary with --norm:
     char   sum / number of characters of the continuation ("acc_norm" in lm-evaluation-harness)
     byte   sum / number of UTF-8 bytes of the continuation (tokenizer-free, fair across scripts)
 Ties go to the first choice.
+
+Formulations (--mc-format, XWinograd and XCOPA): `native` (default) scores the text as written;
+`lm-eval` builds lm-evaluation-harness's requests, to compare with its published tables.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from bloomchat.eval.readers import existing, iter_jsonl, read_table
 from bloomchat.eval.task import EvalTask, select_by_lang
 
 NORMS = ("sum", "mean", "char", "byte")
-FORMATS = ("jsonl", "xnli", "xwinograd", "xstorycloze", "pawsx")
+FORMATS = ("jsonl", "xnli", "xwinograd", "xstorycloze", "pawsx", "xcopa")
+MC_FORMS = ("native", "lm-eval")
 
 
 # --------------------------------------------------------------------------- the jsonl form
@@ -236,14 +240,20 @@ def _pronoun_span(sentence: str, tokens: list[str], pron: list, lang: str) -> tu
     return hits[k] if k < len(hits) else None
 
 
-def convert_xwinograd(path: Path, lang: str | None = None) -> list[dict]:
+def convert_xwinograd(path: Path, lang: str | None = None, form: str = "native") -> list[dict]:
     """The XWinograd release TSV (yandex-research/crosslingual_winograd dataset.tsv): 7 columns,
     no header: lang, source, ?, sentence, tokens, [pronoun, [start, end], ...], candidates
     [[text, [start, end], tokens, is_correct] ...]. Token spans are end-exclusive indices.
 
     Partial scoring (as lm-evaluation-harness): each candidate replaces the pronoun; the
     contexts differ (sentence up to the pronoun, with the candidate) and the continuation is
-    the rest of the sentence. A pronoun at the very end falls back to whole-sentence scoring."""
+    the rest of the sentence. A pronoun at the very end falls back to whole-sentence scoring.
+
+    form "lm-eval": lm-evaluation-harness's request instead (lm_eval 0.4.13,
+    tasks/xwinograd/utils.py `doc_to_choice` / `doc_to_target`, and target_delimiter " " in
+    api/task.py `construct_requests`): contexts `sentence[:idx] + option`, continuation
+    `" " + sentence[idx + 1:].strip()` where idx is the pronoun's place ("_" in its copy); this
+    inserts a space in Chinese and Japanese and drops the space-or-not of the original text."""
     items = []
     for line, row in read_table(path, delimiter="\t", header=False):
         where = f"{path}:{line}"
@@ -267,7 +277,9 @@ def convert_xwinograd(path: Path, lang: str | None = None) -> list[dict]:
             raise BloomchatError(f"cannot locate the pronoun {pron[0]!r} in the sentence", where=where)
         a, b = span
         before, after = sentence[:a], sentence[b:]
-        if after.strip():
+        if form == "lm-eval":
+            ctx, choices = [before + t for t in texts], [" " + after.strip()] * len(texts)
+        elif after.strip():
             ctx, choices = [before + t for t in texts], [after] * len(texts)
         else:
             ctx, choices = "", [before + t + after for t in texts]
@@ -278,9 +290,13 @@ def convert_xwinograd(path: Path, lang: str | None = None) -> list[dict]:
 
 def detect_format(path: Path) -> str:
     if path.suffix == ".jsonl" or path.suffix == ".json":
+        from bloomchat.eval.xcopa import looks_like_xcopa
+
         for _, rec in iter_jsonl(path):
             if isinstance(rec, dict) and "choices" in rec:
                 return "jsonl"
+            if looks_like_xcopa(rec):
+                return "xcopa"
             if isinstance(rec, dict) and ("premise" in rec or "gold_label" in rec):
                 return "xnli"
             if isinstance(rec, dict) and ("input_sentence_1" in rec or "InputSentence1" in rec):
@@ -305,12 +321,22 @@ def detect_format(path: Path) -> str:
                          where=str(path))
 
 
+def _convert_xcopa(path: Path, lang: str | None = None, form: str = "native") -> list[dict]:
+    from bloomchat.eval.xcopa import convert_xcopa
+
+    return convert_xcopa(path, lang, form)
+
+
 CONVERTERS = {"xnli": convert_xnli, "xwinograd": convert_xwinograd, "xstorycloze": convert_xstorycloze,
-              "pawsx": convert_pawsx}
+              "pawsx": convert_pawsx, "xcopa": _convert_xcopa}
+#: Layouts with a second formulation (--mc-format lm-eval).
+_FORMED = ("xwinograd", "xcopa")
 
 
-def load_mc(path: str | Path, fmt: str = "auto", lang: str | None = None) -> list[dict]:
+def load_mc(path: str | Path, fmt: str = "auto", lang: str | None = None, form: str = "native") -> list[dict]:
     """Items of the documented form from any supported layout (a folder: every file in it)."""
+    if form not in MC_FORMS:
+        raise BloomchatError(f"unknown --mc-format {form!r}; use {' or '.join(MC_FORMS)}", where="--mc-format")
     p = existing(path)
     files = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(("_", ".")) and
                    q.suffix.lower() in (".jsonl", ".json", ".tsv", ".csv")) if p.is_dir() else [p]
@@ -319,6 +345,8 @@ def load_mc(path: str | Path, fmt: str = "auto", lang: str | None = None) -> lis
         kind = detect_format(f) if fmt == "auto" else fmt
         if kind == "jsonl":
             got = load_mc_jsonl(f)
+        elif kind in _FORMED:
+            got = CONVERTERS[kind](f, lang, form)
         elif kind in CONVERTERS:
             got = CONVERTERS[kind](f, lang)
         else:
@@ -362,6 +390,7 @@ class MCTask(EvalTask):
     lang: str | None = None  # language of files whose rows and names do not say
     limit: int | None = None  # per language
     norm: str = "sum"
+    mc_format: str = "native"  # XWinograd/XCOPA: "lm-eval" builds lm-evaluation-harness's requests
     name: str = ""
     kind: str = "mc"
     generates = False  # scored by log-likelihood (HFBackend.loglik), no text generated
@@ -376,7 +405,7 @@ class MCTask(EvalTask):
 
     def examples(self) -> list[dict]:
         if self._examples is None:
-            items = load_mc(self.data, self.format, self.lang)
+            items = load_mc(self.data, self.format, self.lang, self.mc_format)
             self._examples = select_by_lang(items, langs=self.langs, limit=self.limit, where=self.data,
                                             what="multiple-choice examples")
         return self._examples
@@ -410,5 +439,6 @@ class MCTask(EvalTask):
     def config(self) -> dict:
         return {"task": self.kind, "data": str(Path(self.data).resolve()), "format": self.format,
                 "langs": self.langs or "all", "lang": self.lang, "limit": self.limit, "primary_norm": self.norm,
+                **({"mc_format": self.mc_format} if self.mc_format != "native" else {}),
                 "norms": {"sum": "raw sum of log-probs", "mean": "per-token mean", "char": "sum / characters",
                           "byte": "sum / UTF-8 bytes"}}

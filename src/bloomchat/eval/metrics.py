@@ -81,26 +81,66 @@ def evaluate(metric: Metric, recs: Sequence[dict], *, bootstrap: int = DEFAULT_B
     return {"value": float(value), "ci95": ci, "n": n}
 
 
+#: Two-sided level at which compare calls a paired difference significant.
+ALPHA = 0.05
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """McNemar's exact test for two systems' right/wrong outcomes on the same items: only the
+    discordant items count (a right and b wrong: `a_only`; the reverse: `b_only`); under "no
+    difference" b_only ~ Binomial(a_only + b_only, 1/2). Two-sided p = 2 * P(X <= min) capped at 1,
+    computed with exact integers (no normal approximation, no continuity correction)."""
+    from math import comb
+
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    m = a_only + b_only
+    if m == 0:
+        p = 1.0
+    else:
+        tail = sum(comb(m, i) for i in range(min(a_only, b_only) + 1))
+        p = min(1.0, 2 * tail / 2**m)
+    return {"test": "mcnemar_exact", "a_only": a_only, "b_only": b_only, "p": float(p)}
+
+
+def _binary(st: np.ndarray) -> bool:
+    return st.ndim == 2 and st.shape[1] == 1 and bool(np.isin(st, (0.0, 1.0)).all())
+
+
 def paired_delta(metric: Metric, recs_a: Sequence[dict], recs_b: Sequence[dict], *,
                  bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
-    """score(b) - score(a) on the same examples (aligned lists), with a paired bootstrap 95% CI
-    and the share of resamples where b is not better (a one-sided p-value)."""
+    """score(b) - score(a) on the same examples (aligned lists), with a paired bootstrap 95% CI,
+    the share of resamples where b is not better (a one-sided p-value), and a two-sided paired
+    test: McNemar's exact test when every item's outcome is right/wrong (accuracy, exact match),
+    else the paired bootstrap (p = twice the smaller tail of the resampled differences);
+    `significant` when that p < ALPHA."""
     n = len(recs_a)
     assert n == len(recs_b)
+    empty = {"delta": None, "ci95": None, "n": n, "p_not_better": None, "test": None, "p": None,
+             "significant": None}
     if n == 0:
-        return {"delta": None, "ci95": None, "n": 0, "p_not_better": None}
+        return empty
     sa, sb = metric.stats(recs_a), metric.stats(recs_b)
     delta = metric.score(sb.sum(0), n) - metric.score(sa.sum(0), n)
     if not np.isfinite(delta):
-        return {"delta": None, "ci95": None, "n": n, "p_not_better": None}
-    ci, p = None, None
+        return empty
+    out = {"delta": float(delta), "ci95": None, "n": n, "p_not_better": None, "test": None, "p": None,
+           "significant": None}
+    if _binary(sa) and _binary(sb):
+        out.update(mcnemar_exact(sa[:, 0] == 1, sb[:, 0] == 1))
     if bootstrap and n > 1:
         counts = resample_counts(n, bootstrap, seed)
         da = np.array([metric.score(s, n) for s in counts @ sa])
         db = np.array([metric.score(s, n) for s in counts @ sb])
         lo, hi = np.percentile(db - da, [2.5, 97.5])
-        ci = [float(lo), float(hi)]
+        out["ci95"] = [float(lo), float(hi)]
         if metric.higher_is_better is not None:
             d = db - da if metric.higher_is_better else da - db
-            p = float(np.mean(d <= 0))
-    return {"delta": float(delta), "ci95": ci, "n": n, "p_not_better": p}
+            out["p_not_better"] = float(np.mean(d <= 0))
+        if out["test"] is None:
+            d = db - da
+            out.update(test="paired_bootstrap",
+                       p=float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))) if delta != 0 else 1.0)
+    if out["p"] is not None:
+        out["significant"] = out["p"] < ALPHA
+    return out

@@ -123,19 +123,48 @@ def chart(name: str, entry: dict, path: Path, title: str | None = None) -> Path:
     return path
 
 
+def _staged(final: Path) -> Path:
+    """A temporary name beside `final` (same folder: the rename is atomic), same suffix for savefig."""
+    return final.with_name(f".{final.stem}.tmp{final.suffix}")
+
+
+def commit_staged(pairs: list[tuple[Path, Path]]) -> None:
+    for tmp, final in pairs:
+        tmp.replace(final)
+
+
+def drop_staged(pairs: list[tuple[Path, Path]]) -> None:
+    for tmp, _ in pairs:
+        tmp.unlink(missing_ok=True)
+
+
 def write_report(run_dir: str | Path, results: dict) -> None:
+    """results.json, results.md and the charts, each written to a temporary file first and all
+    moved into place only once every one of them was made: a run that fails while reporting
+    leaves the previous outputs byte for byte as they were."""
     run = Path(run_dir)
-    tmp = run / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(run / "results.json")
-    (run / "results.md").write_text(markdown(results), encoding="utf-8")
-    for name, entry in results.get("tasks", {}).items():
-        model = results.get("model", {}).get("model")
-        chart(name, entry, run / "charts" / f"{safe_name(name)}.png",
-              title=f"{name} ({entry['kind']}) - {Path(str(model)).name}, 95% bootstrap intervals")
-        off = results["tasks"].get((entry.get("guards_effect") or {}).get("versus", ""))
-        if off:
-            guards_chart(name, off, entry, run / "charts" / f"{safe_name(name)}.effect.png")
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(final: Path) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staged.append((_staged(final), final))
+        return staged[-1][0]
+
+    try:
+        stage(run / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+        stage(run / "results.md").write_text(markdown(results), encoding="utf-8")
+        for name, entry in results.get("tasks", {}).items():
+            model = results.get("model", {}).get("model")
+            chart(name, entry, stage(run / "charts" / f"{safe_name(name)}.png"),
+                  title=f"{name} ({entry['kind']}) - {Path(str(model)).name}, 95% bootstrap intervals")
+            off = results["tasks"].get((entry.get("guards_effect") or {}).get("versus", ""))
+            if off:
+                guards_chart(name, off, entry, stage(run / "charts" / f"{safe_name(name)}.effect.png"))
+    except BaseException:
+        drop_staged(staged)
+        raise
+    commit_staged(staged)
 
 
 def guards_chart(name: str, off: dict, on: dict, path: Path) -> Path:

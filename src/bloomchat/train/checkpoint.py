@@ -119,10 +119,48 @@ def _prune(ckpt_root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(accelerator, ckpt: Path) -> dict:
-    """Restore model, optimizer and RNG states saved by save_checkpoint; returns trainer state."""
+def trainable_only(accelerator, model) -> list:
+    """Make checkpoints hold only the trainable parameters (a LoRA adapter) besides the optimizer
+    and RNG states: the frozen base is reloaded from the stage's init source on resume, so
+    writing it again at every checkpoint is waste (SmolLM2-135M: 557 MB of weights per
+    checkpoint before, the adapter's few MB now). Returns the hook handles (remove at stage end).
+    FSDP and DeepSpeed save through their own paths and keep whole checkpoints."""
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        return []
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_save(models, weights, output_dir):
+        for i, w in enumerate(weights):
+            weights[i] = {k: v for k, v in w.items() if k in keep}
+
+    return [accelerator.register_save_state_pre_hook(on_save)]
+
+
+def _saved_keys(ckpt: Path) -> set[str] | None:
+    f = ckpt / "model.safetensors"
+    if not f.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(f), "pt") as fh:
+        return set(fh.keys())
+
+
+def load_checkpoint(accelerator, ckpt: Path, *, trainable: set[str] | None = None) -> dict:
+    """Restore model, optimizer and RNG states saved by save_checkpoint; returns trainer state.
+
+    `trainable`: the checkpoint holds only these parameters (see trainable_only); the rest of the
+    model is already in place, and every one of them must be in the file."""
+    kw = {}
+    if trainable is not None:
+        saved = _saved_keys(ckpt)
+        lost = sorted(trainable - saved) if saved is not None else []
+        if lost:
+            raise BloomchatError(f"checkpoint lacks {len(lost)} trainable parameter(s), e.g. {lost[0]}",
+                                 where=str(ckpt))
+        kw["strict"] = False
     try:
-        accelerator.load_state(str(ckpt))
+        accelerator.load_state(str(ckpt), **kw)
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise BloomchatError(f"cannot restore checkpoint: {str(e).splitlines()[0]}", where=str(ckpt)) from None
     return read_state(ckpt)

@@ -30,6 +30,19 @@ causal=True, alibi_slopes=slopes)`: it takes conversation boundaries directly an
 the L x L mask; it is not installed here and BLOOM's module does not dispatch to it, so on GPU
 bloomchat uses the SDPA path above (PyTorch picks its memory-efficient kernel for a float mask).
 
+`kernel="flex"` runs the attention through FlexAttention (`torch.nn.attention.flex_attention`):
+no L x L tensor reaches the model. The conversations' block-causal structure is a `BlockMask`
+(which 128 x 128 tiles are empty, full or partial) built from `segment_ids`, and ALiBi is a
+`score_mod`: `score + slope[h] * (kv - q)`. Inside one conversation kv - q equals the difference of
+the positions within the conversation, and the softmax ignores the per-row constant, so this is
+BLOOM's `slope * key_position` with positions restarted per conversation (the form FlashAttention's
+`alibi_slopes` uses). Padding (segment 0) sees only itself, as for the other kernels, so no row is
+empty and no NaN appears. On CUDA the call is `torch.compile`d into one fused kernel (forward and
+backward). On CPU, torch 2.13 runs FlexAttention forward only (unfused, it materialises the scores)
+and has no backward at all -- `flex_attention` refuses inputs that require grad, and a compiled
+backward fails in inductor -- so training with `flex` needs a GPU; on CPU it raises a
+BloomchatError pointing to `sdpa`. Attention dropout is not supported by flex (BLOOM's is 0.0).
+
 Other causal LMs (with position ids) get restarted position ids and no mask: transformers then
 builds the packed block-diagonal mask itself for every attention implementation.
 """
@@ -40,6 +53,8 @@ import contextlib
 import types
 
 import torch
+
+from bloomchat.errors import BloomchatError
 
 
 def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -77,6 +92,9 @@ def alibi_slopes(num_heads: int, device) -> torch.Tensor:
 
 def _packed_alibi(self, attention_mask: torch.Tensor, num_heads: int, dtype: torch.dtype) -> torch.Tensor:
     """ALiBi with positions counted from each conversation's start (see module docstring)."""
+    if _is_block_mask(attention_mask):
+        # the flex kernel adds ALiBi in its score_mod; BloomBlock only passes this tensor along
+        return torch.zeros(1, dtype=dtype, device=attention_mask.kv_num_blocks.device)
     if attention_mask.ndim != 4:
         return type(self).build_alibi_tensor(self, attention_mask, num_heads, dtype)
     b = attention_mask.shape[0]
@@ -117,24 +135,122 @@ def _sdpa_attention(self, hidden_states, residual, alibi, attention_mask, layer_
     return dropout_add(out, residual, self.hidden_dropout, self.training), None
 
 
-KERNELS = ("sdpa", "eager")
+def _is_block_mask(mask) -> bool:
+    try:
+        from torch.nn.attention.flex_attention import BlockMask
+    except ImportError:  # torch without flex attention
+        return False
+    return isinstance(mask, BlockMask)
+
+
+def flex_block_mask(segment_ids: torch.Tensor):
+    """The BlockMask of `block_causal_mask`: token i sees token j iff j <= i in the same
+    conversation; padding (segment 0) sees only itself. Only per-tile block indices are kept
+    (B x L/128 x L/128 integers); `create_block_mask` evaluates the mask_mod once while building
+    them (a transient B x L x L bool, 4 MiB per row at L 2048) and never again."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg = segment_ids.to(torch.int32)
+    b, n = seg.shape
+
+    def same_conversation_causal(b_, h_, q, kv):
+        return ((seg[b_, q] == seg[b_, kv]) & (kv <= q) & (seg[b_, q] > 0)) | (q == kv)
+
+    return create_block_mask(same_conversation_causal, b, None, n, n, device=seg.device)
+
+
+_COMPILED_FLEX = {}
+_CPU_REFERENCE_BACKWARD = [False]
+
+
+@contextlib.contextmanager
+def cpu_flex_reference_backward():
+    """Let `flex` train on CPU through torch's *reference* FlexAttention backward (the dense
+    implementation behind its higher-order op), for tests and benchmarks only: it checks our
+    score_mod / mask_mod math in backward without a GPU. It lifts torch's CPU refusal by replacing
+    a private function (`flex_attention._validate_device`), and is ~10x slower than SDPA."""
+    import torch.nn.attention.flex_attention as fa
+
+    original = fa._validate_device
+    fa._validate_device = lambda *args: None
+    _CPU_REFERENCE_BACKWARD[0] = True
+    try:
+        yield
+    finally:
+        fa._validate_device = original
+        _CPU_REFERENCE_BACKWARD[0] = False
+
+
+def _flex_fn(device: torch.device):
+    """torch.compile(flex_attention) on CUDA (the fused kernel); the eager function elsewhere."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention
+    if "cuda" not in _COMPILED_FLEX:
+        _COMPILED_FLEX["cuda"] = torch.compile(flex_attention)
+    return _COMPILED_FLEX["cuda"]
+
+
+def _alibi_score_mod(attn, device):
+    """score + slope[h] * (kv - q), with the slopes kept on the module per device (one closure per
+    module and device, so a compiled kernel is not re-traced every step)."""
+    cached = attn.__dict__.get("_flex_score_mod")
+    if cached is not None and cached[0] == device:
+        return cached[1]
+    slopes = alibi_slopes(attn.num_heads, device).float()
+
+    def alibi(score, b, h, q, kv):
+        return score + slopes[h] * (kv - q)
+
+    attn.__dict__["_flex_score_mod"] = (device, alibi)
+    return alibi
+
+
+def _flex_attention(self, hidden_states, residual, alibi, attention_mask, layer_past=None, use_cache=False,
+                    output_attentions=False, **kwargs):
+    """BloomAttention.forward through FlexAttention when given a BlockMask (packed training); the
+    SDPA path otherwise (a conversation alone, evaluation, generation)."""
+    if not _is_block_mask(attention_mask) or layer_past is not None or output_attentions:
+        return _sdpa_attention(self, hidden_states, residual, alibi, attention_mask, layer_past=layer_past,
+                               use_cache=use_cache, output_attentions=output_attentions, **kwargs)
+    from transformers.models.bloom.modeling_bloom import dropout_add
+
+    if self.training and self.attention_dropout.p > 0:
+        raise BloomchatError("attention 'flex' has no attention dropout; set the model's attention_dropout to 0 "
+                             "or use attention: sdpa", where="recipe attention")
+    b, n, _ = hidden_states.shape
+    q, k, v = self._reshape(self.query_key_value(hidden_states))  # (B, H, L, d) each
+    if q.device.type == "cpu" and q.requires_grad and not _CPU_REFERENCE_BACKWARD[0]:
+        raise BloomchatError("attention 'flex' trains on a CUDA GPU only: torch has no FlexAttention backward "
+                             "on CPU; use attention: sdpa here", where="recipe attention")
+    ctx = _flex_fn(q.device)(q, k, v, score_mod=_alibi_score_mod(self, q.device), block_mask=attention_mask,
+                             scale=self.inv_norm_factor)
+    out = self.dense(ctx.transpose(1, 2).reshape(b, n, self.hidden_size))
+    return dropout_add(out, residual, self.hidden_dropout, self.training), None
+
+
+KERNELS = ("sdpa", "eager", "flex")
+_FORWARDS = {"sdpa": _sdpa_attention, "flex": _flex_attention}
 
 
 def install_packed_attention(model, kernel: str = "sdpa") -> None:
     """Make a BLOOM model read per-conversation ALiBi positions from a 4D mask (idempotent), and
-    with kernel="sdpa" run its attention through SDPA. 2D masks (generation, evaluation) and
-    cached decoding keep the stock behaviour."""
+    with kernel="sdpa" run its attention through SDPA, with kernel="flex" through FlexAttention
+    (`packed_forward` then passes a BlockMask instead of the dense mask). 2D masks (generation,
+    evaluation) and cached decoding keep the stock behaviour."""
     from transformers.models.bloom.modeling_bloom import BloomAttention
 
     if kernel not in KERNELS:
         raise ValueError(f"unknown attention kernel {kernel!r}; use one of {KERNELS}")
     for m in _bloom_modules(model):
         m.build_alibi_tensor = types.MethodType(_packed_alibi, m)
+        m.__dict__["_packed_kernel"] = kernel
         for a in m.modules():
             if isinstance(a, BloomAttention):
                 a.__dict__.pop("forward", None)
-                if kernel == "sdpa":
-                    a.forward = types.MethodType(_sdpa_attention, a)
+                if kernel in _FORWARDS:
+                    a.forward = types.MethodType(_FORWARDS[kernel], a)
 
 
 def uninstall_packed_attention(model) -> None:
@@ -142,9 +258,16 @@ def uninstall_packed_attention(model) -> None:
 
     for m in _bloom_modules(model):
         m.__dict__.pop("build_alibi_tensor", None)
+        m.__dict__.pop("_packed_kernel", None)
         for a in m.modules():
             if isinstance(a, BloomAttention):
                 a.__dict__.pop("forward", None)
+
+
+def packed_kernel(model) -> str | None:
+    """The kernel `install_packed_attention` gave this (possibly wrapped) BLOOM model, else None."""
+    mods = _bloom_modules(model)
+    return mods[0].__dict__.get("_packed_kernel") if mods else None
 
 
 def _output_head(model):
@@ -187,8 +310,11 @@ def packed_forward(model, input_ids: torch.Tensor, segment_ids: torch.Tensor,
     bloom = is_bloom(model) if bloom is None else bloom
     with only_positions(model, flat_index):
         if bloom:
-            dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-            mask = block_causal_mask(segment_ids, dtype)
+            if packed_kernel(model) == "flex":
+                mask = flex_block_mask(segment_ids)
+            else:
+                dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+                mask = block_causal_mask(segment_ids, dtype)
             out = model(input_ids=input_ids, attention_mask=mask, use_cache=False)
         else:
             pos = segment_positions(segment_ids)

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from bloomchat.errors import BloomchatError
 from bloomchat.train.recipe import Recipe, world_size_from_env
 from bloomchat.train.stage_data import packed_dir
 
@@ -24,8 +25,76 @@ def _train_split(stats: dict) -> dict:
     return (stats.get("split") or {}).get("train") or stats
 
 
+def _base_config(recipe: Recipe):
+    """The base model's config, or None when it cannot be read here (a hub name while offline)."""
+    from transformers import AutoConfig
+
+    from bloomchat.models.loading import _hub_kwargs
+
+    src = recipe.base_model
+    try:
+        return AutoConfig.from_pretrained(src, **_hub_kwargs(src))
+    except (OSError, ValueError) as e:
+        if Path(src).is_dir():
+            raise BloomchatError(f"cannot read the base model's config: {str(e).splitlines()[0]}",
+                                 where=f"{recipe.path} base_model") from None
+        return None
+
+
+def linear_module_names(model) -> list[str]:
+    """Last name parts of the model's linear layers (what LoRA `target_modules` can name), without
+    the LM head: q_proj, k_proj, ... for Llama; query_key_value, dense, ... for BLOOM."""
+    import torch
+
+    kinds = (torch.nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D  # GPT-2 style projections
+
+        kinds = (torch.nn.Linear, Conv1D)
+    except ImportError:  # pragma: no cover
+        pass
+    out = model.get_output_embeddings()
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                   if isinstance(m, kinds) and m is not out})
+
+
+def missing_lora_targets(model, targets: list[str]) -> list[str]:
+    """Targets that match no module name the way peft matches them (whole name or a dotted suffix)."""
+    names = [n for n, _ in model.named_modules() if n]
+    return [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+
+
+def check_base(recipe: Recipe) -> dict | None:
+    """What training would hit only after minutes, found in seconds (`--dry-run` and before any
+    stage runs): a quantized base, whose weights `save_pretrained` refuses to write, and LoRA
+    target modules the model does not have, checked on the model built on the meta device (no
+    weights read). Returns the base's config, or None when it cannot be read here."""
+    cfg = _base_config(recipe)
+    if cfg is None:
+        return None
+    if getattr(cfg, "quantization_config", None):
+        q = cfg.quantization_config
+        kind = q.get("quant_method", "?") if isinstance(q, dict) else getattr(q, "quant_method", "?")
+        raise BloomchatError(f"the base model is quantized ({kind}; config.json has quantization_config): its "
+                             "weights cannot be trained and saved as they are; make a full-precision copy with "
+                             "`bloomchat base import` and train from that", where=f"{recipe.path} base_model")
+    if recipe.method == "lora":
+        from accelerate import init_empty_weights
+        from transformers import AutoModelForCausalLM
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(cfg)
+        missing = missing_lora_targets(model, list(recipe.lora.target_modules))
+        if missing:
+            raise BloomchatError(f"LoRA target module(s) {', '.join(missing)} not in this model; its linear layers "
+                                 f"are: {', '.join(linear_module_names(model))}",
+                                 where=f"{recipe.path} lora.target_modules")
+    return cfg
+
+
 def make_plan(recipe: Recipe, world_size: int | None = None) -> dict:
     world = world_size or world_size_from_env()
+    cfg = check_base(recipe)
     stages = []
     for i, st in enumerate(recipe.stages):
         sd = recipe.stage_dir(st)
@@ -68,6 +137,7 @@ def make_plan(recipe: Recipe, world_size: int | None = None) -> dict:
     return {"recipe": str(recipe.path) if recipe.path else recipe.name, "name": recipe.name,
             "base_model": recipe.base_model, "method": recipe.method, "precision": recipe.precision,
             "output_dir": str(recipe.output_dir), "stages": stages,
+            "base_checked": cfg is not None,
             "final_model_dir": stages[-1]["model_dir"]}
 
 

@@ -29,6 +29,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RAW_SOURCES = ("oig", "dolly", "oasst1", "jsonl")
 
 
+class _FromVar(str):
+    """A value that was wholly one `${name}` placeholder: it takes the type of its field
+    (`max_steps: ${steps}` with `--set steps=100` is the integer 100)."""
+
+
 class _LineDict(dict):
     """A mapping that remembers the line of each key, for error messages."""
 
@@ -79,6 +84,8 @@ class StageData:
     packing: str = "greedy"
     dev_ratio: float = 0.0
     num_proc: int = 1
+    loss_on: str = "replies"     # replies (BLOOMChat's paper) | conversation (BLOOMChat's scripts)
+    overlong: str = "split"      # a conversation longer than max_seq_length: split | drop
 
     @property
     def is_raw(self) -> bool:
@@ -96,6 +103,7 @@ class Stage:
     max_steps: int | None = None
     lr: float = 1e-5
     lr_schedule: str = "constant"
+    lr_end_ratio: float = 0.0  # linear/cosine decay ends at lr x this (BLOOMChat: 0.1)
     warmup_steps: int = 0
     weight_decay: float = 0.1
     max_grad_norm: float | None = 1.0
@@ -123,6 +131,7 @@ class Recipe:
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     attention: str = "sdpa"
+    chat_format: str = "bloomchat"  # bloomchat: train + export <human>/<bot>; base: the base's own template
     path: Path | None = None
     vars: dict = field(default_factory=dict)
 
@@ -153,6 +162,8 @@ _TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or 
 
 def _typed(ctx, mapping, key, keypath, typ, *, optional=False):
     v = mapping[key]
+    if isinstance(v, _FromVar):
+        v = _coerce(v, typ, optional)
     if v is None and optional:
         return None
     ok = isinstance(v, typ) and not (typ in (int, float) and isinstance(v, bool))
@@ -169,6 +180,26 @@ def _typed(ctx, mapping, key, keypath, typ, *, optional=False):
     return v
 
 
+def _coerce(v: str, typ: type, optional: bool) -> Any:
+    """A whole-placeholder value read as the field's type; left a string when it does not parse
+    (the type check then names the field and the value)."""
+    if optional and v.strip().lower() in ("null", "none", "~", ""):
+        return None
+    try:
+        if typ is int:
+            return int(v)
+        if typ is float:
+            return float(v)
+        if typ is bool and v.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return v.strip().lower() in ("true", "yes", "1")
+        if typ in (list, dict):
+            parsed = yaml.safe_load(v)
+            return parsed if isinstance(parsed, typ) else v
+    except (ValueError, yaml.YAMLError):
+        pass
+    return str(v) if typ is str else v
+
+
 def _check_keys(ctx, mapping, allowed, keypath):
     if not isinstance(mapping, dict):
         raise ctx.err(f"must be a mapping, got {type(mapping).__name__}", keypath)
@@ -182,6 +213,8 @@ def _check_keys(ctx, mapping, allowed, keypath):
 def _subst(ctx, value, vars, keypath, line=None):
     """Fill `${name}` placeholders everywhere in the parsed YAML."""
     if isinstance(value, str):
+        whole = _VAR_RE.fullmatch(value) is not None
+
         def repl(m):
             if m.group(1) not in vars and m.group(2) is not None:
                 return m.group(2)
@@ -189,7 +222,8 @@ def _subst(ctx, value, vars, keypath, line=None):
                 raise ctx.err(f"placeholder ${{{m.group(1)}}} has no value; pass --set {m.group(1)}=...", keypath,
                               line=line)
             return str(vars[m.group(1)])
-        return _VAR_RE.sub(repl, value)
+        out = _VAR_RE.sub(repl, value)
+        return _FromVar(out) if whole else out
     if isinstance(value, _LineDict):
         out = _LineDict({k: _subst(ctx, v, vars, f"{keypath}.{k}" if keypath else k, value.lines.get(k, line))
                          for k, v in value.items()})
@@ -249,7 +283,7 @@ def _parse_data(ctx, d, base, keypath) -> StageData:
     elif not sd.sources():
         raise ctx.err("names no data: give 'shards' or at least one of oig, dolly, oasst1, jsonl", keypath)
     for k, typ in (("per_source", int), ("max_seq_length", int), ("packing", str), ("dev_ratio", float),
-                   ("num_proc", int), ("prepare", dict)):
+                   ("num_proc", int), ("prepare", dict), ("loss_on", str), ("overlong", str)):
         if k in d:
             if sd.shards is not None and k != "num_proc":
                 raise ctx.err("only applies to raw sources; these shards are already packed",
@@ -257,6 +291,9 @@ def _parse_data(ctx, d, base, keypath) -> StageData:
             setattr(sd, k, _typed(ctx, d, k, f"{keypath}.{k}", typ))
     if sd.max_seq_length < 16:
         raise ctx.err("must be at least 16", f"{keypath}.max_seq_length", d, "max_seq_length")
+    for k, allowed in (("loss_on", ("replies", "conversation")), ("overlong", ("split", "drop"))):
+        if getattr(sd, k) not in allowed:
+            raise ctx.err(f"must be one of {', '.join(allowed)}", f"{keypath}.{k}", d, k)
     if not 0.0 <= sd.dev_ratio < 1.0:
         raise ctx.err("must be in [0, 1)", f"{keypath}.dev_ratio", d, "dev_ratio")
     if sd.per_source < 1 or sd.num_proc < 1:
@@ -276,7 +313,7 @@ def _parse_data(ctx, d, base, keypath) -> StageData:
 
 _STAGE_TYPES: dict[str, tuple[type, bool]] = {
     "name": (str, False), "epochs": (float, False), "max_steps": (int, True), "lr": (float, False),
-    "lr_schedule": (str, False), "warmup_steps": (int, False), "weight_decay": (float, False),
+    "lr_schedule": (str, False), "lr_end_ratio": (float, False), "warmup_steps": (int, False), "weight_decay": (float, False),
     "max_grad_norm": (float, True), "adam_betas": (list, False), "adam_eps": (float, False),
     "global_batch_size": (int, False), "micro_batch_size": (int, False),
     "prompt_loss_weight": (float, False), "save_every_steps": (int, False),
@@ -314,6 +351,10 @@ def _parse_stage(ctx, raw, defaults, base, keypath, earlier: list[str], world_si
         raise bad("lr", f"{st.lr} is not a usable learning rate (0 < lr <= 1)")
     if st.lr_schedule not in _SCHEDULES:
         raise bad("lr_schedule", f"must be one of {', '.join(_SCHEDULES)}")
+    if not 0.0 <= st.lr_end_ratio <= 1.0:
+        raise bad("lr_end_ratio", "must be in [0, 1] (the final lr as a fraction of lr)")
+    if st.lr_end_ratio and st.lr_schedule == "constant":
+        raise bad("lr_end_ratio", "applies to a linear or cosine lr_schedule, not constant")
     if st.warmup_steps < 0:
         raise bad("warmup_steps", "must be >= 0")
     if st.weight_decay < 0:
@@ -377,7 +418,7 @@ def load_recipe(path: str | Path, *, vars: dict[str, str] | None = None, world_s
 
 
 _TOP = {"name", "base_model", "tokenizer", "output_dir", "seed", "method", "lora", "precision",
-        "gradient_checkpointing", "attention", "defaults", "stages"}
+        "gradient_checkpointing", "attention", "chat_format", "defaults", "stages"}
 
 
 def recipe_from_dict(raw: Any, *, base: Path, path: Path | None = None, vars: dict[str, str] | None = None,
@@ -429,6 +470,10 @@ def recipe_from_dict(raw: Any, *, base: Path, path: Path | None = None, vars: di
     if attention not in ("sdpa", "eager"):
         raise ctx.err("must be 'sdpa' (fused, the default) or 'eager' (transformers' own BLOOM kernel)",
                       "attention", raw, "attention")
+    chat_format = _typed(ctx, raw, "chat_format", "chat_format", str) if "chat_format" in raw else "bloomchat"
+    if chat_format not in ("bloomchat", "base"):
+        raise ctx.err("must be 'bloomchat' (<human>/<bot>, the default) or 'base' (the base model's own chat "
+                      "template)", "chat_format", raw, "chat_format")
     defaults = raw.get("defaults") or _LineDict()
     if "defaults" in raw:
         _check_keys(ctx, defaults, set(_STAGE_TYPES) - {"name"}, "defaults")
@@ -442,4 +487,4 @@ def recipe_from_dict(raw: Any, *, base: Path, path: Path | None = None, vars: di
         stages[0].init_from = "base"
     return Recipe(name=name, base_model=base_model, output_dir=out, stages=stages, tokenizer=tokenizer,
                   seed=seed, method=method, lora=lora, precision=precision, gradient_checkpointing=gc,
-                  attention=attention, path=path, vars=vars)
+                  attention=attention, chat_format=chat_format, path=path, vars=vars)

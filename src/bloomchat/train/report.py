@@ -115,6 +115,18 @@ def earlier_stages(recipe, idx: int) -> list[dict[str, Any]]:
     return chain[::-1]
 
 
+def _format_line(recipe) -> str:
+    if getattr(recipe, "chat_format", "bloomchat") == "base":
+        return ("Prompt format: the base model's own chat template (`chat_format: base`), kept in the tokenizer; "
+                "training text was rendered with it.")
+    return ("Prompt format: `<human>: ...\\n<bot>: ...` (BLOOMChat, `chat_format: bloomchat`); the tokenizer "
+            "carries it as chat template, replacing any template of the base model.")
+
+
+def _decay_end(st) -> str:
+    return f" to {st.lr_end_ratio:g} x lr" if st.lr_schedule != "constant" and st.lr_end_ratio else ""
+
+
 def model_card(*, recipe, stage, data_stats: dict, prepare_summary: dict | None,
                result: dict, lineage: list[dict[str, Any]] | None = None) -> str:
     """README.md of a stage's model: what it was trained from, on what, how, and how well."""
@@ -135,7 +147,7 @@ def model_card(*, recipe, stage, data_stats: dict, prepare_summary: dict | None,
         "",
         f"Chat model trained by bloomchat, stage `{st.name}` of recipe `{recipe.name}`, "
         f"starting from `{result['init_from']}` (base model `{recipe.base_model}`).",
-        "Prompt format: `<human>: ...\\n<bot>: ...` (BLOOMChat); the tokenizer carries it as chat template.",
+        _format_line(recipe),
         "",
         "## Training",
         "",
@@ -143,7 +155,7 @@ def model_card(*, recipe, stage, data_stats: dict, prepare_summary: dict | None,
                                          "base on export)" if recipe.method == "lora" else ""),
         f"- steps: {result['steps']}, epochs: {st.epochs}, global batch: {st.global_batch_size} rows of up to "
         f"{split.get('max_seq_length', data_stats.get('max_seq_length', '?'))} tokens",
-        f"- lr {st.lr} ({st.lr_schedule}, warmup {st.warmup_steps}), weight decay {st.weight_decay}, "
+        f"- lr {st.lr} ({st.lr_schedule}{_decay_end(st)}, warmup {st.warmup_steps}), weight decay {st.weight_decay}, "
         f"grad clip {st.max_grad_norm}, prompt loss weight {st.prompt_loss_weight}, precision {recipe.precision}",
         f"- tokens seen: {result['tokens']}, of which loss tokens: {result['loss_tokens']}",
         f"- final training loss: {result['final_loss']:.4f}" if result.get("final_loss") is not None else "",

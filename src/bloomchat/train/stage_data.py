@@ -23,7 +23,33 @@ def _spec(recipe: Recipe, stage: Stage, tokenizer_fp: str) -> dict:
              for src, paths in d.sources().items()}
     return {"files": files, "per_source": d.per_source, "prepare": d.prepare, "seed": recipe.seed,
             "max_seq_length": d.max_seq_length, "packing": d.packing, "dev_ratio": d.dev_ratio,
-            "tokenizer": tokenizer_fp}
+            "tokenizer": tokenizer_fp, **_format_options(recipe, stage, only_changed=True)}
+
+
+#: Defaults of the packer's format options; a spec lists only the ones a recipe changes, so
+#: shards packed before these options existed keep their fingerprint.
+_FORMAT_DEFAULTS = {"chat_format": "bloomchat", "loss_on": "replies", "overlong": "split"}
+
+
+def _format_options(recipe: Recipe, stage: Stage, *, only_changed: bool = False) -> dict:
+    opts = {"chat_format": recipe.chat_format, "loss_on": stage.data.loss_on, "overlong": stage.data.overlong}
+    return {k: v for k, v in opts.items() if not only_changed or v != _FORMAT_DEFAULTS[k]}
+
+
+def _pack_kwargs(recipe: Recipe, stage: Stage, pack) -> dict:
+    """The format options this packer takes (`chat_format`, `loss_on` are newer than `overlong`);
+    a changed option that the packer cannot honour is an error, not silently the default."""
+    import inspect
+
+    named = {n for n, p in inspect.signature(pack).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    out = {}
+    for k, v in _format_options(recipe, stage).items():
+        if k in named:
+            out[k] = v
+        elif v != _FORMAT_DEFAULTS[k]:
+            raise BloomchatError(f"{k}: {v} needs a bloomchat.pack.pack that accepts {k}= (this one does not)",
+                                 where=f"{recipe.path} {k}")
+    return out
 
 
 def packed_dir(recipe: Recipe, stage: Stage) -> Path:
@@ -67,4 +93,4 @@ def _build(recipe: Recipe, stage: Stage, tokenizer, data_dir: Path, out: Path) -
                       per_source=d.per_source, **d.prepare)
     (data_dir / "prepared.summary.json").write_text(json.dumps(summary, indent=1, default=str))
     pack([prepared], tokenizer, out, max_seq_length=d.max_seq_length, packing=d.packing,
-         dev_ratio=d.dev_ratio, num_proc=d.num_proc, seed=recipe.seed)
+         dev_ratio=d.dev_ratio, num_proc=d.num_proc, seed=recipe.seed, **_pack_kwargs(recipe, stage, pack))

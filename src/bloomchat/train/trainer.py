@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bloomchat.chat_format import CHAT_TEMPLATE
 from bloomchat.errors import BloomchatError
-from bloomchat.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
+from bloomchat.train.checkpoint import (latest_checkpoint, load_checkpoint, save_checkpoint, trainable_only,
+                                        write_text_atomic)
 from bloomchat.train.data import GPU_PAD_MULTIPLE, PackedSplit, Schedule, collate
 from bloomchat.train.packing_attn import install_packed_attention, is_bloom, packed_forward, uninstall_packed_attention
-from bloomchat.train.plan import format_plan, make_plan
+from bloomchat.train.plan import check_base, format_plan, linear_module_names, make_plan, missing_lora_targets
 from bloomchat.train.recipe import Recipe, Stage, load_recipe, world_size_from_env
 from bloomchat.train.report import MetricsLog, earlier_stages, model_card, plot_loss, read_metrics
 from bloomchat.train.stage_data import ensure_packed
@@ -36,16 +38,17 @@ RESULT = "result.json"
 
 
 def lr_at(stage: Stage, step: int, total: int) -> float:
-    """Learning rate of optimizer step `step` (0-based): warmup, then constant/linear/cosine to 0."""
+    """Learning rate of optimizer step `step` (0-based): warmup, then constant, or linear/cosine
+    decay from lr to lr x lr_end_ratio (reached at t = 1, i.e. after the last step)."""
     if step < stage.warmup_steps:
         return stage.lr * (step + 1) / stage.warmup_steps
     if stage.lr_schedule == "constant":
         return stage.lr
     span = max(1, total - stage.warmup_steps)
     t = min(1.0, (step - stage.warmup_steps) / span)
-    if stage.lr_schedule == "linear":
-        return stage.lr * (1.0 - t)
-    return stage.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    frac = (1.0 - t) if stage.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+    end = stage.lr_end_ratio
+    return stage.lr * (end + (1.0 - end) * frac)
 
 
 def _optimizer(model, stage: Stage):
@@ -124,11 +127,10 @@ def _add_lora(model, recipe: Recipe):
     from peft import LoraConfig, get_peft_model
 
     cfg = recipe.lora
-    present = {n.split(".")[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.target_modules if t not in present]
+    missing = missing_lora_targets(model, list(cfg.target_modules))
     if missing:
-        raise BloomchatError(f"LoRA target module(s) {', '.join(missing)} not in this model "
-                             f"(it has e.g. {', '.join(sorted(present)[:8])})", where=f"{recipe.path} lora.target_modules")
+        raise BloomchatError(f"LoRA target module(s) {', '.join(missing)} not in this model; its linear layers "
+                             f"are: {', '.join(linear_module_names(model))}", where=f"{recipe.path} lora.target_modules")
     if recipe.gradient_checkpointing:
         model.enable_input_require_grads()
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=cfg.r, lora_alpha=cfg.alpha,
@@ -174,6 +176,9 @@ def _export(accelerator, model, tokenizer, recipe: Recipe, stage_dir: Path, card
         if recipe.method == "lora":
             m = m.merge_and_unload()
         uninstall_packed_attention(m)
+        template = tokenizer.chat_template
+        if recipe.chat_format == "bloomchat":  # the format it was trained in, whatever the base's template
+            tokenizer.chat_template = CHAT_TEMPLATE
         try:
             if state_dict is not None:
                 tmp.mkdir(parents=True)
@@ -185,6 +190,8 @@ def _export(accelerator, model, tokenizer, recipe: Recipe, stage_dir: Path, card
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise BloomchatError(f"could not write the stage's model ({e.strerror or e})", where=str(out)) from None
+        finally:
+            tokenizer.chat_template = template
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -196,13 +203,20 @@ def _export(accelerator, model, tokenizer, recipe: Recipe, stage_dir: Path, card
 def _dev_loss(model, split: PackedSplit, *, micro: int, pad_id: int, plw: float, accelerator) -> float | None:
     """Mean loss per loss token on the dev split (each process a share, summed)."""
     model.eval()
-    n = len(split)
+    n, world = len(split), accelerator.num_processes
     tot = torch.zeros(2, dtype=torch.float64)
-    for start in range(accelerator.process_index * micro, n, micro * accelerator.num_processes):
+    # Every process runs the same number of forward passes: FSDP / ZeRO-3 gather each layer's
+    # weights from all ranks in every forward, so a rank that stopped early would leave the others
+    # waiting forever. A rank without rows of its own runs one row with weight 0 (as in training).
+    for k in range(math.ceil(n / (micro * world))):
+        start = (k * world + accelerator.process_index) * micro
+        dummy = start >= n
         dev = accelerator.device
-        b = collate(split.rows(list(range(start, min(n, start + micro)))), pad_id=pad_id, prompt_loss_weight=plw,
-                    pad_to_multiple_of=_pad_multiple(dev))
+        b = collate(split.rows(list(range(start, min(n, start + micro))) if not dummy else [0]), pad_id=pad_id,
+                    prompt_loss_weight=plw, pad_to_multiple_of=_pad_multiple(dev))
         logits = packed_forward(model, b["input_ids"].to(dev), b["segment_ids"].to(dev), b["flat_index"].to(dev))
+        if dummy:
+            continue
         ce = F.cross_entropy(logits.float(), b["targets"].to(dev), reduction="none")
         tot += torch.tensor([float((ce * b["weights"].to(dev)).sum()), float(b["weights"].sum())], dtype=torch.float64)
     tot = accelerator.reduce(tot.to(accelerator.device), reduction="sum").cpu()
@@ -270,11 +284,13 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
         ds.deepspeed_config["gradient_clipping"] = stage.max_grad_norm or 0.0
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.step = 0
+    hooks = trainable_only(accelerator, model) if recipe.method == "lora" else []
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad} if hooks else None
     total = sched.total_steps
 
     start = 0
     if latest is not None:
-        state = load_checkpoint(accelerator, latest)
+        state = load_checkpoint(accelerator, latest, trainable=trainable)
         if state.get("stage") != stage.name or state.get("rows") != len(train):
             raise BloomchatError(f"checkpoint {latest.name} belongs to another run (stage {state.get('stage')}, "
                                  f"{state.get('rows')} rows; now {stage.name}, {len(train)} rows)", where=str(latest))
@@ -364,6 +380,8 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
         plot_loss(sd / "metrics.jsonl", sd / "loss.png", f"{recipe.name} / {stage.name}")
         write_text_atomic(result_path, json.dumps(result, indent=1))
     accelerator.wait_for_everyone()
+    for h in hooks:
+        h.remove()
     accelerator.free_memory()
     del model, optimizer
     return result
@@ -381,6 +399,8 @@ def run_recipe(recipe: Path | str | Recipe, *, vars: dict[str, str] | None = Non
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, vars=vars)
+    if not dry_run:
+        check_base(recipe)  # make_plan runs it too
     if dry_run:
         plan = make_plan(recipe)
         plan["text"] = format_plan(plan)
