@@ -11,14 +11,20 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from bloomchat.chat_format import CHAT_TEMPLATE
+from bloomchat.chat_format import CHAT_TEMPLATE, LEGACY_CHAT_TEMPLATES
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
 def ensure_chat_template(tokenizer, *, overwrite: bool = False):
-    """Give a tokenizer the BLOOMChat chat template (and a pad token) unless it has one."""
-    if overwrite or not getattr(tokenizer, "chat_template", None):
+    """Give a tokenizer the BLOOMChat chat template (and a pad token) unless it has one.
+
+    A template bloomchat saved before EOS followed each bot reply is replaced by the current one:
+    the same format, but engines that render the template (vLLM, TGI, llama.cpp) then see the ids
+    training used from the second turn on.
+    """
+    current = getattr(tokenizer, "chat_template", None)
+    if overwrite or not current or current in LEGACY_CHAT_TEMPLATES:
         tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
