@@ -58,8 +58,12 @@ def test_transformers_reads_back_equal_tensors_tokens_and_greedy_ids(arch, sharp
     tok_back = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     for text in TEXTS:
         assert tok_back(text, add_special_tokens=False).input_ids == tok(text, add_special_tokens=False).input_ids
+    from bloomchat.chat_tokens import prompt_ids as engine_prompt_ids
+
     for messages in (SINGLE, MULTI):
         ids = _prompt_ids(tok, messages)
+        # the template inside the GGUF renders the ids bloomchat's engine (and training) use
+        assert _prompt_ids(tok_back, messages) == ids == engine_prompt_ids(tok, messages)
         want = _greedy(ref, ids)
         assert len(set(want)) >= 2  # the fixture's weights make greedy decoding move
         assert _greedy(back, ids) == want

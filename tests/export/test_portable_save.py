@@ -102,3 +102,21 @@ def test_model_card_names_only_a_hub_base_model(base, expect, tmp_path):
     header = card.split("---")[1]
     lines = [ln for ln in header.splitlines() if ln.startswith("base_model")]
     assert lines == ([expect] if expect else [])
+
+
+def test_a_legacy_template_is_saved_as_the_current_one(tmp_path, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from bloomchat.chat_format import CHAT_TEMPLATE, LEGACY_CHAT_TEMPLATES
+    from bloomchat.export import gguf_vocab
+    from bloomchat.models.tokenizer import save_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok.chat_template = LEGACY_CHAT_TEMPLATES[0]
+    tok.save_pretrained(tmp_path / "old", save_jinja_files=False)  # as bloomchat saved before
+    assert gguf_vocab(tmp_path / "old", 600).chat_template == CHAT_TEMPLATE  # the GGUF gets the current one
+    save_tokenizer(tok, tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "tokenizer_config.json").read_text())["chat_template"]
+    assert saved == CHAT_TEMPLATE
+    multi = AutoTokenizer.from_pretrained(tmp_path / "new").apply_chat_template(MULTI, tokenize=False)
+    assert "I am fine, thank you.</s>\n<human>:" in multi
