@@ -47,7 +47,7 @@ def main() -> int:
                 srv.stop()
             for name, r in res["chats"].items():
                 r["api_text"] = api[name]
-                r["api_text_eq_tf5"] = {s: t == refs[name]["reply_text"] for s, t in api[name].items()}
+                r["api_text_eq_tf5"] = {s: t.lstrip() == refs[name]["reply_text"].lstrip() for s, t in api[name].items()}
         versions = {"llama-cpp-python": got["version"], "gguf_pre": got["pre"], "gguf_context_length": got["context"]}
     result = {"engine": "llama.cpp", "model": str(model), "versions": versions, "by_outtype": out}
     common.save(result, f"llamacpp-{tag}")
