@@ -82,10 +82,13 @@ def test_a_length_the_config_has_is_kept(tmp_path, tiny_tokenizer):
     from bloomchat.models import save_pretrained
 
     m = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
-                                     num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=512))
+                                     num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=512,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 100000.0}))
     save_pretrained(m, tiny_tokenizer, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["max_position_embeddings"] == 512 and "seq_length" not in cfg
+    # transformers 4.x reads only the top-level rope_theta (else 10000, silently)
+    assert cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"] == 100000.0
 
 
 @pytest.mark.parametrize("base,expect", [("bigscience/bloom-560m", "base_model: bigscience/bloom-560m"),

@@ -8,6 +8,7 @@ about 45 s on an offline machine before failing.
 from __future__ import annotations
 
 import functools
+import json
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -130,5 +131,16 @@ def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     if cfg is not None and not any(getattr(cfg, k, None) for k in length_keys):
         cfg.seq_length = 2048
     model.save_pretrained(out, safe_serialization=True)
+    # transformers 5 keeps RoPE settings only in `rope_parameters`; 4.x (TGI, many users) reads the
+    # top-level `rope_theta` / `rope_scaling` and would silently fall back to theta 10000 (SmolLM2
+    # uses 100000): write both spellings.
+    cfg_path = out / "config.json"
+    conf = json.loads(cfg_path.read_text(encoding="utf-8"))
+    rope = conf.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in conf:
+        conf["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default" and not conf.get("rope_scaling"):
+            conf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        cfg_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     save_tokenizer(tokenizer, out)
     return out
