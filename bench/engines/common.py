@@ -71,11 +71,19 @@ def side_env() -> dict:
 
 def run_worker(py: Path, script: str, request: dict, timeout: int = 1800) -> dict:
     """Run bench/engines/<script> with the side venv's python; request on stdin, JSON on the last line."""
+    env = side_env()
+    env["PATH"] = f"{py.parent}{os.pathsep}{env.get('PATH', '')}"  # the side venv first (subprocesses too)
     proc = subprocess.run([str(py), str(Path(__file__).with_name(script))], input=json.dumps(request),
-                          capture_output=True, text=True, env=side_env(), timeout=timeout)
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    log_path = RESULTS / "logs" / f"{script}-{int(time.time())}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(proc.stderr, encoding="utf-8")
     if proc.returncode != 0:
-        raise RuntimeError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{script} failed ({proc.returncode}), see {log_path}:\n{proc.stderr[-2000:]}")
+    for line in reversed(proc.stdout.splitlines()):  # engines log to stdout too, even after the result
+        if line.startswith('{"'):
+            return json.loads(line)
+    raise RuntimeError(f"{script} printed no result, see {log_path}")
 
 
 def pip_version(py: Path, dist: str) -> str:

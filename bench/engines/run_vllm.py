@@ -31,7 +31,8 @@ def start_server(py: Path, model: Path, log_path: Path) -> common.Server:
     return common.Server([str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                           "--served-model-name", "m", "--dtype", "float32", "--enforce-eager",
                           "--max-model-len", "2048", "--port", str(port)], port,
-                         env={**common.side_env(), **ENV}, log_path=log_path)
+                         env={**common.side_env(), **ENV, "PATH": f"{py.parent}:{os.environ.get('PATH', '')}"},
+                         log_path=log_path)
 
 
 def main() -> int:

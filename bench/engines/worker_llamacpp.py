@@ -12,7 +12,7 @@ req = json.loads(sys.stdin.read())
 llm = Llama(model_path=req["gguf"], n_ctx=2048, n_threads=2, seed=0, verbose=False)
 meta = llm.metadata
 eos_id = int(meta["tokenizer.ggml.eos_token_id"])
-fmt = Jinja2ChatFormatter(template=meta["tokenizer.chat_template"], eos_token=llm.detokenize([eos_id]).decode(),
+fmt = Jinja2ChatFormatter(template=meta["tokenizer.chat_template"], eos_token=llm._model.token_get_text(eos_id),
                           bos_token="<s>")
 
 
