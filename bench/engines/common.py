@@ -148,7 +148,9 @@ def openai_reply(base_url: str, model: str, messages: list[dict], extra: dict | 
 
     client = OpenAI(base_url=base_url, api_key="sk-none", timeout=600)
     r = client.chat.completions.create(model=model, messages=messages, temperature=0.0, top_p=1.0,
-                                       max_tokens=N_NEW, stop=STOP, extra_body=extra or None)
+                                       max_tokens=N_NEW, stop=STOP,
+                                       # greedy means no penalty: bloomchat serve defaults to BLOOMChat's 1.2
+                                       extra_body={"repetition_penalty": 1.0, **(extra or {})})
     return r.choices[0].message.content or ""
 
 
