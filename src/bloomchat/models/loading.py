@@ -8,6 +8,7 @@ about 45 s on an offline machine before failing.
 from __future__ import annotations
 
 import functools
+import json
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -113,9 +114,33 @@ def _drop_gguf_mark(model) -> None:
 
 
 def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save model (safetensors) and tokenizer (with chat template) in the standard HF layout."""
+    """Save model (safetensors) and tokenizer (with chat template) in the standard HF layout.
+
+    A config without a context-length key gets `seq_length` = 2048, so that vLLM, llama.cpp and
+    TGI agree on the window instead of each guessing its own.
+    """
+    # Keys engines read as the context length (vLLM tries all; llama.cpp's converter reads
+    # `seq_length` for BLOOM). BLOOM (ALiBi, no position table) was pre-trained on 2048-token
+    # sequences and BLOOMChat tuned at 2048, but its config names no length, so each engine guessed
+    # (llama.cpp: the hidden size, 256 on the demo model).
+    length_keys = ("max_position_embeddings", "n_positions", "seq_length", "max_seq_len",
+                   "max_sequence_length", "max_seq_length", "seq_len")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = getattr(model, "config", None)
+    if cfg is not None and not any(getattr(cfg, k, None) for k in length_keys):
+        cfg.seq_length = 2048
     model.save_pretrained(out, safe_serialization=True)
+    # transformers 5 keeps RoPE settings only in `rope_parameters`; 4.x (TGI, many users) reads the
+    # top-level `rope_theta` / `rope_scaling` and would silently fall back to theta 10000 (SmolLM2
+    # uses 100000): write both spellings.
+    cfg_path = out / "config.json"
+    conf = json.loads(cfg_path.read_text(encoding="utf-8"))
+    rope = conf.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in conf:
+        conf["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default" and not conf.get("rope_scaling"):
+            conf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        cfg_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     save_tokenizer(tokenizer, out)
     return out

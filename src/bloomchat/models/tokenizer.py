@@ -11,14 +11,20 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from bloomchat.chat_format import CHAT_TEMPLATE
+from bloomchat.chat_format import CHAT_TEMPLATE, LEGACY_CHAT_TEMPLATES
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
 def ensure_chat_template(tokenizer, *, overwrite: bool = False):
-    """Give a tokenizer the BLOOMChat chat template (and a pad token) unless it has one."""
-    if overwrite or not getattr(tokenizer, "chat_template", None):
+    """Give a tokenizer the BLOOMChat chat template (and a pad token) unless it has one.
+
+    A template bloomchat saved before EOS followed each bot reply is replaced by the current one:
+    the same format, but engines that render the template (vLLM, TGI, llama.cpp) then see the ids
+    training used from the second turn on.
+    """
+    current = getattr(tokenizer, "chat_template", None)
+    if overwrite or not current or current in LEGACY_CHAT_TEMPLATES:
         tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -78,4 +84,29 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ensure_chat_template(tokenizer)
     tokenizer.save_pretrained(out, save_jinja_files=False)
+    portable_tokenizer_class(out)
     return out
+
+
+#: A class name that transformers 4.x and 5.x both map to "load tokenizer.json as it is".
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def portable_tokenizer_class(out_dir: str | Path) -> None:
+    """Name a tokenizer class in tokenizer_config.json that transformers 4.x also knows.
+
+    transformers 5 writes `TokenizersBackend`, which 4.57 (still pinned by TGI and many users)
+    rejects ("Tokenizer class TokenizersBackend does not exist"). A model-specific name such as
+    `BloomTokenizerFast` would let either version rebuild the pipeline its own way; the generic
+    fast class reads tokenizer.json verbatim in both, so both tokenise exactly as training did.
+    Tokenizers without a tokenizer.json (slow only) are left as they are.
+    """
+    out = Path(out_dir)
+    cfg_path = out / "tokenizer_config.json"
+    if not (out / "tokenizer.json").is_file() or not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.get("tokenizer_class") == PORTABLE_TOKENIZER_CLASS:
+        return
+    cfg["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -141,7 +141,7 @@ def model_card(*, recipe, stage, data_stats: dict, prepare_summary: dict | None,
         "library_name: transformers",
         "pipeline_tag: text-generation",
         "tags: [bloomchat, chat, multilingual]",
-        f"base_model: {recipe.base_model}",
+        *([f"base_model: {recipe.base_model}"] if not Path(recipe.base_model).is_absolute() else []),  # hub ids only: the hub rejects a local path
         "---",
         f"# {recipe.name} / {st.name}",
         "",
