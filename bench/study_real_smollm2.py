@@ -167,14 +167,15 @@ def eval_spec(args, shared: Path, work: Path) -> Path:
          "name": "chat-vicuna80-zh-fr", **gen},
         {"task": "chat", "data": str(vicuna), "langs": ",".join(others), "limit": args.chat_limit,
          "name": "chat-vicuna80-others", **gen},
-        {"task": "translation", "data": str(shared / "flores101"), "directions": "en-zh,zh-en",
-         "limit": args.mt_limit, "name": "flores101"},
         {"task": "mc", "data": str(shared / "xwinograd" / "xwinograd.tsv"), "limit": args.mc_limit,
          "name": "xwinograd"},
     ]
     xcopa = work / "xcopa.test.jsonl"
     if xcopa.exists():
         tasks.append({"task": "mc", "data": str(xcopa), "limit": args.xcopa_limit, "name": "xcopa"})
+    tasks.append({"task": "translation", "data": str(shared / "flores101"), "directions": "en-zh,zh-en",
+                  "limit": args.mt_limit, "name": "flores101"})
+    tasks = [t for t in tasks if t["limit"]]  # a limit of 0 leaves the task out
     import yaml
 
     p = work / "eval-spec.yaml"
@@ -226,6 +227,8 @@ def main(argv=None) -> int:
     e.add_argument("--mc-limit", type=int, default=16, help="XWinograd items per language")
     e.add_argument("--xcopa-limit", type=int, default=8, help="XCOPA items per language")
     e.add_argument("--batch-size", type=int, default=8, help="eval batch (rows decoded together)")
+    e.add_argument("--eval-dir", default="eval", help="run dirs under WORKDIR (another name: other eval sizes)")
+    ap.add_argument("--spec-only", action="store_true", help="write WORKDIR/eval-spec.yaml and stop (after training)")
     args = ap.parse_args(argv)
 
     if args.gguf is None or not Path(args.gguf).exists():
@@ -267,12 +270,15 @@ def main(argv=None) -> int:
 
     has_xcopa = convert_xcopa(log, args.shared, work)
     spec = eval_spec(args, args.shared, work)
+    if args.spec_only:
+        print(spec)
+        return 0
     runs = {}
     for name, model in (("base", base), ("tuned", tuned)):
-        runs[name] = work / "eval" / name
+        runs[name] = work / args.eval_dir / name
         log.run(f"eval {name}", bloomchat_cmd("eval", "run", model, "--spec", spec, "-o", runs[name],
                                               "--batch-size", args.batch_size, "--seed", 0), env=env)
-    cmp_dir = work / "eval" / "compare"
+    cmp_dir = work / args.eval_dir / "compare"
     log.run("eval compare", bloomchat_cmd("eval", "compare", runs["base"], runs["tuned"], "-o", cmp_dir), env=env)
 
     train_run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
