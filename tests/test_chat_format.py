@@ -41,7 +41,11 @@ def test_hf_chat_template_renders_exact_bloomchat_prompt(tiny_tokenizer):
     assert one == "<human>: 你好\n<bot>:"
     msgs = [{"role": "user" if t["role"] == "human" else "assistant", "content": t["text"]} for t in CONV[:3]]
     rendered = tiny_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    assert rendered == render_prompt(CONV[:3])
+    assert rendered == render_prompt(CONV[:3], eos="</s>")
+    assert rendered == "<human>: Hi\n<bot>: Hello!</s>\n<human>: 你好\n<bot>:"
+    # a conversation ending with a reply: EOS closes it, as training writes it
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert tiny_tokenizer.apply_chat_template(msgs, tokenize=False) == "<human>: q\n<bot>: a</s>"
 
 
 def test_conversation_record_keeps_verbatim_completion():

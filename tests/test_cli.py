@@ -6,7 +6,7 @@ import sys
 from bloomchat.cli import VERB_MODULES, build_parser, main
 from bloomchat.demo.run import shipped_recipe
 
-VERBS = {"demo", "prepare", "data-report", "pack", "pack-check", "pack-show", "train", "chat", "serve", "eval", "arena"}
+VERBS = {"demo", "base", "prepare", "data-report", "pack", "pack-check", "pack-show", "train", "chat", "serve", "eval", "arena"}
 
 
 def test_help_lists_every_verb():

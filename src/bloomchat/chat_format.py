@@ -1,17 +1,21 @@
 """The BLOOMChat text format, in one place: training text, generation prompt, HF chat template.
 
     <human>: first question
-    <bot>: first answer
+    <bot>: first answer</s>
     <human>: follow-up
-    <bot>:                      <- generation prompt ends here; the model writes " answer"
+    <bot>:                      <- generation prompt ends here; the model writes " answer</s>"
 
-For tokenisation the text is cut into segments whose loss flag is exact by construction
-(never found again by searching for tags in token ids):
+`</s>` is the tokenizer's EOS token: training puts it after every reply (loss on it, so the model
+learns to stop) and CHAT_TEMPLATE renders it there too, so an engine that only knows the template
+gives the ids training saw. `render_text` is the text without EOS (BLOOMChat's own, as its data
+files hold it); `bloomchat.chat_tokens` renders and tokenises with EOS, for pack and chat alike.
+
+Loss spans are exact by construction, never found again by searching for tags in token ids:
 
     "<human>: first question\\n<bot>:"   loss 0
-    " first answer"                      loss 1   (+ EOS, loss 1, added by the packer)
+    " first answer</s>"                  loss 1
     "\\n<human>: follow-up\\n<bot>:"      loss 0
-    " answer"                            loss 1   (+ EOS)
+    " answer</s>"                        loss 1
 """
 
 from __future__ import annotations
@@ -26,8 +30,26 @@ BOT_TAG = "<bot>:"
 BOT_ALIASES: tuple[str, ...] = ("Rosey:",)
 
 #: Jinja chat template stored in tokenizer_config.json, so transformers, vLLM and TGI render
-#: exactly what bloomchat trains on. A system message, if any, is a plain first line.
+#: exactly what bloomchat trains on: the EOS token (`eos_token`, parsed as the special token
+#: when tokenised) closes every assistant message, as the packer writes it in training. A system
+#: message, if any, is a plain first line.
+#:
+#:     <human>: q\n<bot>: a</s>\n<human>: q2\n<bot>:
 CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{ '<human>: ' + message['content'] }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ '<bot>: ' + message['content'] + eos_token }}"
+    "{%- elif message['role'] == 'system' -%}{{ message['content'] }}"
+    "{%- else -%}{{ raise_exception('BLOOMChat format knows roles system, user and assistant, not ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- if not loop.last -%}{{ '\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '\\n<bot>:' }}{%- endif -%}"
+)
+
+#: The template bloomchat saved before EOS was rendered after assistant messages (models saved
+#: then still carry it): the same format, so ChatModel still builds their prompts itself.
+LEGACY_CHAT_TEMPLATES: tuple[str, ...] = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}{{ '<human>: ' + message['content'] }}"
     "{%- elif message['role'] == 'assistant' -%}{{ '<bot>: ' + message['content'] }}"
@@ -36,8 +58,14 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- if not loop.last -%}{{ '\\n' }}{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '\\n<bot>:' }}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '\\n<bot>:' }}{%- endif -%}",
 )
+
+
+def is_bloomchat_template(template: str | None) -> bool:
+    """True for a tokenizer whose prompts bloomchat builds itself: no template, or a BLOOMChat one."""
+    return template is None or template == CHAT_TEMPLATE or template in LEGACY_CHAT_TEMPLATES
+
 
 _ROLE_TAG = {"human": HUMAN_TAG, "bot": BOT_TAG}
 _OPENAI_ROLE = {"user": "human", "assistant": "bot", "human": "human", "bot": "bot"}
@@ -70,16 +98,21 @@ def render_text(turns: Iterable) -> str:
     return "\n".join(f"{_ROLE_TAG[r]} {t}" for r, t in _pairs(turns))
 
 
-def render_prompt(turns: Sequence) -> str:
-    """Generation prompt: the history, then `\\n<bot>:` (or just `<bot>:` with no history)."""
-    history = render_text(turns)
+def render_prompt(turns: Sequence, eos: str = "") -> str:
+    """Generation prompt: the history, then `\\n<bot>:` (or just `<bot>:` with no history).
+
+    With `eos` (the tokenizer's EOS text) after each bot reply it is CHAT_TEMPLATE's rendering.
+    """
+    history = "\n".join(f"{_ROLE_TAG[r]} {t}{eos if r == 'bot' else ''}" for r, t in _pairs(turns))
     return f"{history}\n{BOT_TAG}" if history else BOT_TAG
 
 
 def segments(turns: Iterable) -> list[Segment]:
     """Cut a conversation into loss-free prompt segments and loss-bearing bot replies.
 
-    Concatenating the segment texts gives `render_text(turns)` exactly.
+    Concatenating the segment texts gives `render_text(turns)` exactly. Do not tokenise the
+    segments one by one (a SentencePiece tokenizer adds a "▁" before each): `chat_tokens` tokenises
+    the whole text and maps these spans through offsets.
     """
     segs: list[Segment] = []
     pending = ""

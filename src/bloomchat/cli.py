@@ -21,6 +21,7 @@ from bloomchat.errors import BloomchatError
 #: Modules that define verbs, in pipeline order. A verb appears here only once it works.
 VERB_MODULES: list[str] = [
     "bloomchat.demo.cli",
+    "bloomchat.models.cli",
     "bloomchat.prepare_cli",  # the data stage's verbs, with `prepare --recipe` resolved above data and train
     "bloomchat.pack.cli",
     "bloomchat.train.cli",

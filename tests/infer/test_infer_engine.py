@@ -48,7 +48,8 @@ def test_infer_prompt_matches_chat_template_and_training_segments(cm):
     msgs = [{"role": "system", "content": "Be brief."}] + PROMPTS[2]
     text = cm.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     ids = cm.prompt_ids(msgs)
-    assert cm.tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert cm.tokenizer.decode(ids) == text  # the template renders the EOS after each reply
+    assert ids == list(cm.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)["input_ids"])
     assert text.endswith("\n<bot>:")
     # the earlier bot reply is followed by EOS, as the packer wrote it in training
     eos = cm.eos_ids[0]

@@ -18,6 +18,7 @@ from infer_helpers import scripted_chat_model
 KEY = "sk-test-123"
 HTTP = httpx.Client(timeout=30)  # one client: a fresh one per call costs ~0.4 s of TLS set-up
 USER = [{"role": "user", "content": "Hello, how are you?"}]
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_infer_chunked_oversize_body_is_413(micro_server):
 
 
 def test_infer_concurrent_requests_share_batches(micro_server, client):
-    before = HTTP.get(micro_server.url + "/health").json()["decode_steps"]
+    before = HTTP.get(micro_server.url + "/health", headers=AUTH).json()["decode_steps"]
 
     def one(i):
         s = client.chat.completions.create(model="micro", messages=[{"role": "user", "content": f"q{i}"}],
@@ -143,7 +144,7 @@ def test_infer_concurrent_requests_share_batches(micro_server, client):
         return "".join(c.choices[0].delta.content or "" for c in s if c.choices)
     with cf.ThreadPoolExecutor(8) as ex:
         outs = list(ex.map(one, range(8)))
-    h = HTTP.get(micro_server.url + "/health").json()
+    h = HTTP.get(micro_server.url + "/health", headers=AUTH).json()
     assert len(outs) == 8 and h["largest_batch"] >= 4
     # served one after another this would take 8 x ~40 decoding steps; batched it takes far fewer
     assert h["decode_steps"] - before < 8 * 40 * 0.6

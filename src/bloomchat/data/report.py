@@ -6,6 +6,11 @@
 Reads the file once, streaming (counts and per-conversation lengths as 4-byte ints), and the
 `<stem>.summary.json` that `prepare` wrote next to it for what each filter removed and the
 per-file accounting.
+
+Fertility (`data_report(..., tokenizers=[...])`, `fertility()`): tokens per word for each
+language, per character for scripts written without spaces between words (zh, ja, th, my, km,
+lo, bo), as the ratio of sums over the language's texts: what a language costs in context and
+compute under a tokenizer, next to another tokenizer on the same text.
 """
 
 from __future__ import annotations
@@ -179,11 +184,79 @@ def _html(rep: dict, summary: dict | None, charts: list[str]) -> str:
                          f"<td>{f['kept']:,}</td><td>{e(filt)}</td><td>{e(rej)}</td><td>{f['conversations_out']:,}</td>"
                          f"<td>{'yes' if f['balanced'] else 'NO'}</td></tr>")
         parts.append("</table>")
+    if rep.get("fertility"):
+        names = list(rep["fertility"]["by_tokenizer"])
+        langs = sorted({lg for v in rep["fertility"]["by_tokenizer"].values() for lg in v})
+        parts.append("<h2>Fertility: tokens per word (per character for zh, ja, th ...)</h2><table><tr><th>lang</th>"
+                     + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>")
+        for lg in langs:
+            cells = "".join(f"<td>{_fert_cell(rep['fertility']['by_tokenizer'][n].get(lg))}</td>" for n in names)
+            parts.append(f"<tr><td>{e(lg)}</td>{cells}</tr>")
+        parts.append("</table>")
     parts.append("</body></html>")
     return "".join(parts)
 
 
-def data_report(file: Path, out: Path | None = None) -> dict:
+def _fert_cell(v: dict | None) -> str:
+    if not v or v.get("fertility") is None:
+        return "-"
+    return f"{v['fertility']:.2f}/{v['unit']}"
+
+
+#: Scripts written without spaces between words: fertility per character (no whitespace) there.
+UNSEGMENTED = ("zh", "ja", "th", "my", "km", "lo", "bo")
+
+
+def count_units(text: str, lang: str | None) -> tuple[int, str]:
+    """(words, "word"), or (characters other than whitespace, "char") for UNSEGMENTED languages."""
+    if lang in UNSEGMENTED:
+        return sum(1 for ch in text if not ch.isspace()), "char"
+    return len(text.split()), "word"
+
+
+def count_tokens(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens of each text alone, without BOS/EOS (what a sentence adds to a context)."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def fertility(tokenizer, texts_by_lang: dict[str, list[str]], batch: int = 256) -> dict:
+    """{lang: {"tokens", "units", "unit", "fertility", "chars_per_token", "texts"}}."""
+    out = {}
+    for lang, texts in texts_by_lang.items():
+        tokens = units = chars = 0
+        unit = count_units("", lang)[1]
+        for i in range(0, len(texts), batch):
+            chunk = texts[i: i + batch]
+            tokens += sum(count_tokens(tokenizer, chunk))
+            units += sum(count_units(t, lang)[0] for t in chunk)
+            chars += sum(len(t) for t in chunk)
+        out[lang] = {"texts": len(texts), "tokens": tokens, "units": units, "unit": unit,
+                     "fertility": round(tokens / units, 4) if units else None,
+                     "chars_per_token": round(chars / tokens, 4) if tokens else None}
+    return out
+
+
+def _texts_by_lang(path: Path, per_lang: int) -> dict[str, list[str]]:
+    """Turn texts of a prepared file by language, at most `per_lang` conversations each."""
+    texts: dict[str, list[str]] = {}
+    seen: Counter = Counter()
+    with path.open("rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            conv = Conversation.from_record(json.loads(line))
+            lang = conv.lang or "null"
+            if seen[lang] >= per_lang:
+                continue
+            seen[lang] += 1
+            texts.setdefault(lang, []).extend(t.text for t in conv.turns)
+    return texts
+
+
+def data_report(file: Path, out: Path | None = None, tokenizers: list | None = None,
+                fertility_sample: int = 2000) -> dict:
     """Write report.json, PNG charts and report.html for a prepared file; returns the report."""
     file = Path(file)
     out = Path(out) if out is not None else file.with_name(file.stem + ".report")
@@ -201,6 +274,10 @@ def data_report(file: Path, out: Path | None = None) -> dict:
     if summary is not None:
         rep["prepare"] = {k: summary.get(k) for k in
                           ("filtered_conversations", "rejected_lines", "filtered_lines", "files", "balanced", "options")}
+    if tokenizers:  # [(name, tokenizer)]: tokens per word for each language, on the same texts
+        texts = _texts_by_lang(file, fertility_sample)
+        rep["fertility"] = {"sample_conversations_per_lang": fertility_sample,
+                            "by_tokenizer": {name: fertility(tok, texts) for name, tok in tokenizers}}
     rep["charts"] = [str(out / c) for c in charts]
     rep["json"] = str(out / "report.json")
     rep["html"] = str(out / "report.html")

@@ -6,6 +6,7 @@
     bloomchat eval run out/stage2 --task mgsm --data ../shared/data/mgsm --shots 8 -o runs/stage2
     bloomchat eval run out/stage2 --task chat --data ../shared/data/eval_prompts_vicuna80_12lang --guards both -o runs/stage2
     bloomchat eval run my-model --backend openai --base-url http://127.0.0.1:8000/v1 --task chat --data ../shared/data/belle_eval_set_zh -o runs/served
+    bloomchat eval run out/stage2 --task fertility --data ../shared/data/flores101 -o runs/stage2
     bloomchat eval run out/stage2 --spec tasks.yaml -o runs/stage2
     bloomchat eval compare runs/base runs/stage1 runs/stage2 -o runs/compare
     bloomchat eval convert ../shared/data/xwinograd/xwinograd.tsv --format xwinograd -o xwinograd.jsonl
@@ -28,9 +29,9 @@ from bloomchat.errors import BloomchatError
 TASK_KEYS = {
     "task", "data", "format", "name", "limit", "directions", "split", "shots", "prompt", "bleu_tokenize",
     "first_line", "langs", "lang", "norm", "mc_format", "guards", "greedy", "temperature", "top_p",
-    "repetition_penalty", "seed", "max_new_tokens", "degenerate_threshold",
+    "repetition_penalty", "seed", "max_new_tokens", "degenerate_threshold", "tokenizer",
 }
-TASKS = ("translation", "mc", "mgsm", "chat")
+TASKS = ("translation", "mc", "mgsm", "chat", "fertility")
 SUBCOMMANDS = ("run", "compare", "convert")
 
 
@@ -62,7 +63,7 @@ def add_parser(subparsers) -> None:
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="evaluate one model into a run dir",
-                       description="bloomchat eval run MODEL --task translation|mc|mgsm|chat --data PATH -o RUNDIR")
+                       description="bloomchat eval run MODEL --task translation|mc|mgsm|chat|fertility --data PATH -o RUNDIR")
     p.add_argument("model", metavar="MODEL",
                    help="model dir or hub name (for --backend openai: the served model's name)")
     p.add_argument("-o", "--out", help="run dir")
@@ -93,6 +94,7 @@ def _add_run(sub) -> None:
     mc.add_argument("--mc-format", default="native", choices=["native", "lm-eval"],
                     help="XWinograd/XCOPA: score the text as written (native), or build "
                          "lm-evaluation-harness's requests to compare with its published tables (lm-eval)")
+    mc.add_argument("--tokenizer", help="fertility: measure this tokenizer (folder or .gguf file) instead of MODEL's")
     mc.add_argument("--guards", choices=["off", "on", "both"],
                     help="chat without / with bloomchat.infer's guards, or both arms "
                          "(default: no guards; a local model always generates through bloomchat.infer's engine)")
@@ -216,9 +218,19 @@ def make_tasks(opts: dict, where: str = "command line") -> list:
                 raise BloomchatError(f"{k} does not apply to multiple choice", where=where)
         return [MCTask(langs=langs, lang=lang, norm=opts.get("norm", "sum"),
                        mc_format=opts.get("mc_format", "native"), **common)]
+    if "tokenizer" in opts and kind != "fertility":
+        raise BloomchatError(f"tokenizer does not apply to {kind}", where=where)
     for k in ("mc_format", "norm", "directions"):
         if k in opts:
             raise BloomchatError(f"{k} does not apply to {kind}", where=where)
+    if kind == "fertility":
+        from bloomchat.eval.fertility import FertilityTask
+
+        for k in ("guards", "shots", "greedy", "temperature", "top_p", "repetition_penalty", "max_new_tokens"):
+            if k in opts:
+                raise BloomchatError(f"{k} does not apply to fertility", where=where)
+        common.pop("format")
+        return [FertilityTask(langs=langs, lang=lang, tokenizer=opts.get("tokenizer"), **common)]
     if kind == "mgsm":
         from bloomchat.eval.mgsm import MGSM_PARAMS, MGSMTask
 

@@ -40,6 +40,10 @@ def metrics_for(entry: dict, group: str) -> list[Metric]:
         from bloomchat.eval.mgsm import mgsm_metrics
 
         return mgsm_metrics()
+    if kind == "fertility":
+        from bloomchat.eval.fertility import fertility_metrics
+
+        return fertility_metrics()
     raise BloomchatError(f"unknown task kind {kind!r}")
 
 

@@ -4,9 +4,9 @@
     cm = load_chat_model("out/stage2", quantize="int8")
     cm.reply([{"role": "user", "content": "你好"}], GenerationParams(temperature=0))
 
-The prompt is built exactly as training tokenised it (bloomchat.chat_format.segments: every
-segment tokenised on its own, each earlier bot reply followed by EOS), so a multi-turn prompt
-looks to the model like its training data; its text equals the tokenizer's chat template output.
+The prompt is built exactly as training tokenised it (bloomchat.chat_tokens: the chat template's
+text, each earlier bot reply followed by EOS, tokenised whole), so a multi-turn prompt looks to
+the model like its training data; its ids equal the tokenizer's chat template output.
 A tokenizer with a different chat template (another family's chat model) uses that template.
 """
 
@@ -16,7 +16,7 @@ import queue
 from dataclasses import replace
 from typing import Iterable, Iterator, Sequence
 
-from bloomchat.chat_format import CHAT_TEMPLATE, segments
+from bloomchat.chat_format import CHAT_TEMPLATE
 from bloomchat.errors import BloomchatError
 from bloomchat.infer.engine import BatchEngine, Event
 from bloomchat.infer.params import GenerationParams
@@ -75,23 +75,13 @@ class ChatModel:
 
     # ---------------------------------------------------------------- prompts
     def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
-        """Token ids of the generation prompt (ends with `<bot>:`)."""
-        messages = check_messages(messages)
-        if not self._bloomchat_format:
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        enc = lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-        ids: list[int] = []
-        system = [m["content"] for m in messages if m["role"] == "system"]
-        turns = [{"role": m["role"], "text": m["content"]} for m in messages if m["role"] != "system"]
-        if system:
-            ids += enc("\n".join(system) + "\n")
-        segs = segments(turns + [{"role": "assistant", "text": ""}])
-        for seg in segs[:-1]:  # the last segment is the empty reply to generate
-            ids += enc(seg.text)
-            if seg.loss and self.eos_ids:
-                ids.append(self.eos_ids[0])
-        return ids
+        """Token ids of the generation prompt (ends with `<bot>:`): exactly the tokenizer's
+        `apply_chat_template(messages, add_generation_prompt=True)`, and a prefix of the ids the
+        packer trained on (one shared encoder, `bloomchat.chat_tokens.prompt_ids`; a tokenizer with
+        the legacy BLOOMChat template, which lacked the EOS after replies, is encoded as training did)."""
+        from bloomchat.chat_tokens import prompt_ids
+
+        return prompt_ids(self.tokenizer, check_messages(messages))
 
     def check_fits(self, n_prompt: int, max_new_tokens: int, where: str = "request") -> None:
         if n_prompt + max_new_tokens > self.context:

@@ -1,6 +1,6 @@
 """Verbs `bloomchat chat` and `bloomchat serve`.
 
-    bloomchat chat out/stage2 [--temperature 0.8 --top-p 0.9 --repetition-penalty 1.2 --max-new-tokens 512]
+    bloomchat chat out/stage2 [--temperature 0.8 --top-p 0.9 --top-k 50 --repetition-penalty 1.2 --max-new-tokens 512]
     bloomchat chat MODEL --backend openai --base-url http://127.0.0.1:8000/v1
     bloomchat serve out/stage2 --host 127.0.0.1 --port 8000 --api-key sk-local [--quantize int8]
 """
@@ -33,6 +33,12 @@ def _set_threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _top_k_arg(p: argparse.ArgumentParser, d, serve: bool = False) -> None:
+    p.add_argument("--top-k", type=int, default=d.top_k,
+                   help=f"keep the k most likely tokens (default {d.top_k}, as transformers' generate that "
+                        f"BLOOMChat sampled with; 0 = off)" + ("; a request's top_k overrides it" if serve else ""))
+
+
 def _guard_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("guards")
     g.add_argument("--no-guards", action="store_true", help="turn every guard off")
@@ -54,7 +60,7 @@ def _guards(args):
 def _params(args):
     from bloomchat.infer.params import GenerationParams
 
-    return GenerationParams(temperature=args.temperature, top_p=args.top_p,
+    return GenerationParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
                             seed=args.seed, stop=tuple(args.stop or ())).validate(where="flags")
 
@@ -89,7 +95,11 @@ def _serve(args) -> int:
     cm = load_chat_model(args.model, quantize=args.quantize, device=args.device, dtype=args.dtype,
                          max_batch_size=args.max_batch_size, name=args.served_model_name)
     keys = api_keys_from(args.api_key)
-    app = create_app(cm, api_keys=keys, guards=guards, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)
+    from bloomchat.infer.params import GenerationParams
+
+    defaults = GenerationParams(top_k=args.top_k).validate(where="--top-k")
+    app = create_app(cm, api_keys=keys, guards=guards, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
+                     public_metrics=args.public_metrics, defaults=defaults)
     where = f"http://{args.host}:{args.port}/" if args.port else "a free port (uvicorn names it below)"
     print(f"bloomchat serve: model {cm.name!r} on {where} "
           f"({'API keys required' if keys else 'no API key'}; web chat at /, OpenAI API at /v1)", flush=True)
@@ -111,6 +121,7 @@ def add_parser(subparsers) -> None:
     _model_args(p)
     p.add_argument("--temperature", type=float, default=d.temperature, help=f"default {d.temperature}; 0 = greedy")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p}")
+    _top_k_arg(p, d)
     p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
                    help=f"default {d.repetition_penalty}")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"default {d.max_new_tokens}")
@@ -137,5 +148,8 @@ def add_parser(subparsers) -> None:
                    help=f"largest request body (default {MAX_BODY_BYTES})")
     s.add_argument("--max-queue", type=int, default=MAX_QUEUE,
                    help=f"requests in flight beyond which new ones get 429 (default {MAX_QUEUE})")
+    s.add_argument("--public-metrics", action="store_true",
+                   help="serve /metrics and /health's counts without a key (default: key required when keys are set)")
+    _top_k_arg(s, d, serve=True)
     _guard_args(s)
     s.set_defaults(func=_serve)

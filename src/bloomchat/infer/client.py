@@ -4,8 +4,8 @@
     cm = load_chat_model("bloomchat-176b", backend="openai", base_url="http://gpu-box:8000/v1")
     cm.reply([{"role": "user", "content": "你好"}])
 
-BLOOMChat's repetition penalty is not an OpenAI parameter; it is sent as `repetition_penalty`
-in the request body, which vLLM and `bloomchat serve` read (pass send_repetition_penalty=False for
+BLOOMChat's repetition penalty and top_k are not OpenAI parameters; they are sent as `repetition_penalty`
+and `top_k` in the request body, which vLLM and `bloomchat serve` read (pass send_repetition_penalty=False for
 engines that reject unknown fields).
 """
 
@@ -45,8 +45,14 @@ class OpenAIChatClient:
             kw["seed"] = params.seed
         if params.stop:
             kw["stop"] = list(params.stop)
-        if self.send_repetition_penalty and params.repetition_penalty != 1.0:
-            kw["extra_body"] = {"repetition_penalty": params.repetition_penalty}
+        extra = {}
+        if self.send_repetition_penalty:  # engines that take sampling extras (bloomchat serve, vLLM)
+            if params.repetition_penalty != 1.0:
+                extra["repetition_penalty"] = params.repetition_penalty
+            if params.top_k:
+                extra["top_k"] = params.top_k
+        if extra:
+            kw["extra_body"] = extra
         return kw
 
     def _call(self, **kw):

@@ -8,9 +8,11 @@ batch's length: BLOOM's ALiBi and the attention mask make padding invisible), fi
 cancelled ones leave at once. transformers' own continuous batching needs paged attention, which
 BLOOM's ALiBi attention does not implement.
 
-Sampling is vectorised per row so one batch can mix requests with different temperature, top_p
-and repetition penalty (transformers' logits processors take one value per batch). The order is
-transformers': repetition penalty (over prompt and reply tokens), temperature, top-p; top-p draws
+Sampling is vectorised per row so one batch can mix requests with different temperature, top_k,
+top_p and repetition penalty (transformers' logits processors take one value per batch). The order
+is transformers': repetition penalty (over prompt and reply tokens, special tokens excepted: a
+multi-turn prompt holds `</s>` after each earlier reply, and penalising it would make the model
+less likely to stop), temperature, top-k, top-p; top-p draws
 by rejection (`sample_top_p`) instead of sorting the vocabulary, and only the last position's
 logits are computed (`logits_to_keep=1`: a 2048-token BLOOM prompt would otherwise make 2 GB of them).
 """
@@ -152,6 +154,30 @@ def _multinomial(probs: torch.Tensor, gens: list) -> torch.Tensor:
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor,
+                             penalisable: torch.Tensor | None = None) -> torch.Tensor:
+    """transformers' RepetitionPenaltyLogitsProcessor with a penalty per row ([B, 1]): a seen
+    token's logit is divided by the penalty when positive, multiplied when negative. Tokens where
+    `penalisable` ([V] bool) is False (special tokens such as EOS) keep their logit."""
+    mask = seen if penalisable is None else seen & penalisable
+    return torch.where(mask, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def top_k_probs(probs: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Keep each row's `top_k` most likely tokens (ties with the k-th kept, as transformers'
+    TopKLogitsWarper), renormalised; rows with top_k 0 (off) or beyond the vocabulary unchanged."""
+    vocab = probs.shape[-1]
+    active = (top_k > 0) & (top_k < vocab)
+    if not bool(active.any()):
+        return probs
+    k = top_k.clamp(1, vocab)
+    kmax = int(k[active].max())
+    kth = probs.topk(kmax, dim=-1).values.gather(1, (k.clamp(max=kmax) - 1).unsqueeze(1))
+    keep = (probs >= kth) | ~active.unsqueeze(1)
+    kept = probs * keep
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
 def sample_top_p(probs: torch.Tensor, top_p: torch.Tensor, gens: list) -> torch.Tensor:
     """Draw from each row's top-p nucleus by rejection: draw from the whole distribution and
     accept when the token is in the nucleus (the mass of more likely tokens is below top_p).
@@ -206,6 +232,7 @@ class BatchEngine:
         self._mask: torch.Tensor | None = None  # [B, L] 1 = real token
         self._next: torch.Tensor | None = None  # [B, 1] sampled, not yet fed
         self._seen: torch.Tensor | None = None  # [B, V] bool: tokens in prompt or reply
+        self._penalty_mask: torch.Tensor | None = None  # see _penalisable
         self.steps = 0  # decoding steps run (a bench figure)
         self.max_rows_seen = 0  # largest batch so far (tests check that batching happened)
 
@@ -377,20 +404,31 @@ class BatchEngine:
     def _sample(self, logits: torch.Tensor, rows: list[_Seq], seen: torch.Tensor) -> torch.Tensor:
         dev = logits.device
         pen = torch.tensor([s.params.repetition_penalty for s in rows], device=dev).unsqueeze(1)
-        penalised = torch.where(logits > 0, logits / pen, logits * pen)
-        logits = torch.where(seen, penalised, logits)
+        logits = apply_repetition_penalty(logits, seen, pen, self._penalisable(logits.shape[-1]))
         temps = torch.tensor([s.params.temperature for s in rows], device=dev).unsqueeze(1)
         out = logits.argmax(dim=-1)
         sampled_rows = [i for i, s in enumerate(rows) if not s.params.greedy]
         if sampled_rows:
             idx = torch.tensor(sampled_rows, device=dev)
             top_p = torch.tensor([rows[i].params.top_p for i in sampled_rows], device=dev)
-            probs = (logits[idx] / temps[idx]).softmax(dim=-1)
+            top_k = torch.tensor([rows[i].params.top_k for i in sampled_rows], device=dev)
+            probs = top_k_probs((logits[idx] / temps[idx]).softmax(dim=-1), top_k)
             gens = [rows[i].generator for i in sampled_rows]
             for j, tok in enumerate(sample_top_p(probs, top_p, gens).tolist()):
                 out[sampled_rows[j]] = tok
         seen.scatter_(1, out.unsqueeze(1), True)
         return out.unsqueeze(1)
+
+    def _penalisable(self, vocab: int) -> torch.Tensor:
+        """[V] bool: False for special tokens (EOS, pad...), which the repetition penalty spares."""
+        if self._penalty_mask is None or self._penalty_mask.shape[0] != vocab:
+            mask = torch.ones(vocab, dtype=torch.bool, device=self.device)
+            special = set(self.eos_ids) | set(getattr(self.tokenizer, "all_special_ids", None) or ())
+            idx = [t for t in special if isinstance(t, int) and 0 <= t < vocab]
+            if idx:
+                mask[torch.tensor(idx, dtype=torch.long, device=self.device)] = False
+            self._penalty_mask = mask
+        return self._penalty_mask
 
     def _detokenize(self, s: _Seq) -> None:
         """Extend `s.text` by the new token's text, decoding only the last few tokens.
@@ -437,15 +475,15 @@ class BatchEngine:
                     safe = min(safe, len(text.rstrip("\ufffd")))
                 # trailing spaces may precede a stop string and be cut: hold them back too
                 safe = min(safe, len(text[:safe].rstrip()))
-                if safe > s.sent:
-                    s.sink(Event(text=text[s.sent:safe]))
+                if safe > s.sent:  # with the count so far, so a guard that cuts here knows it
+                    s.sink(Event(text=text[s.sent:safe], completion_tokens=len(s.ids)))
                     s.sent = safe
                 keep.append(i)
             else:
                 if cut < 0 and reason == "stop":
                     text = text.rstrip()
                 if len(text) > s.sent:
-                    s.sink(Event(text=text[s.sent:]))
+                    s.sink(Event(text=text[s.sent:], completion_tokens=len(s.ids)))
                     s.sent = len(text)
                 s.sink(Event(done=True, finish_reason=reason, prompt_tokens=len(s.prompt_ids),
                              completion_tokens=len(s.ids) + (1 if tok in self.eos_ids else 0)))

@@ -233,6 +233,7 @@ class GuardSession:
 
     def _reset(self):
         self.text = ""  # the reply so far in this attempt
+        self.generated = 0  # tokens generated so far in this attempt (from the engine's text events)
         self.emitted = 0
         self.lang_ok = self.user_lang is None
 
@@ -317,6 +318,7 @@ class GuardSession:
         ("retry": resample, "done": the reply is over, None: keep reading). Shared by the sync
         stream (`guarded_events`) and the server's async one, so both behave the same."""
         out: list[Event] = []
+        self.generated = max(self.generated, ev.completion_tokens)
         if ev.text:
             text, action = self.feed(ev.text)
             if text:
@@ -325,7 +327,9 @@ class GuardSession:
                 return out, "retry"
             if action == "stop":
                 pt = ev.prompt_tokens if prompt_tokens is None else prompt_tokens
-                out.append(Event(done=True, finish_reason=self.finish_reason, prompt_tokens=pt, final_text=self.text))
+                # usage counts the tokens generated up to the cut (generation stops here)
+                out.append(Event(done=True, finish_reason=self.finish_reason, prompt_tokens=pt,
+                                 completion_tokens=self.generated, final_text=self.text))
                 return out, "done"
         if ev.done:
             text, action = self.end()

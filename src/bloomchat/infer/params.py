@@ -1,6 +1,8 @@
 """Sampling parameters, with BLOOMChat's published defaults and one place that checks them.
 
-BLOOMChat's model card: temperature 0.8, top_p 0.9, repetition penalty 1.2, 512 new tokens.
+BLOOMChat's model card: temperature 0.8, top_p 0.9, repetition penalty 1.2, 512 new tokens; it
+sampled through transformers' `generate`, which also keeps only the 50 most likely tokens (top_k
+50, generate's default), so top_k defaults to 50 here too (0 turns it off).
 temperature 0 means greedy decoding (argmax), as in the OpenAI API.
 """
 
@@ -15,12 +17,14 @@ MAX_TEMPERATURE = 2.0  # the OpenAI API's own bound
 MAX_REPETITION_PENALTY = 10.0  # 1.2 is BLOOMChat's; beyond 10 every seen token is effectively banned
 MAX_STOP_STRINGS = 4  # the OpenAI API's own bound
 MAX_NEW_TOKENS_LIMIT = 1 << 20  # a sanity cap; the real cap is the model's context (checked per prompt)
+MAX_TOP_K = 1 << 20  # beyond any vocabulary (BLOOM's is 250,880); 0 = off
 
 
 #: Bumped whenever the engine's sampler (bloomchat.infer.engine) would draw other tokens for the
 #: same seed; results that record it (eval's resume key) then refuse to mix old and new draws.
 #: 2: inverse-CDF draws replaced torch.multinomial.
-SAMPLING_VERSION = 2
+#: 3: top_k (default 50, as transformers' generate) and no repetition penalty on special tokens.
+SAMPLING_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class GenerationParams:
 
     temperature: float = 0.8
     top_p: float = 0.9
+    top_k: int = 50  # transformers' generate default, which BLOOMChat sampled with; 0 = off
     repetition_penalty: float = 1.2
     max_new_tokens: int = 512
     seed: int | None = None
@@ -48,6 +53,8 @@ class GenerationParams:
             bad("top_p", "must be in (0, 1]")
         if not 0.0 < self.repetition_penalty <= MAX_REPETITION_PENALTY:
             bad("repetition_penalty", f"must be in (0, {MAX_REPETITION_PENALTY}]")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 0 <= self.top_k <= MAX_TOP_K:
+            bad("top_k", f"must be an integer from 0 (off) to {MAX_TOP_K}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
             bad("max_new_tokens", "must be an integer")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
@@ -81,7 +88,7 @@ class GenerationParams:
         if name not in self.field_names():
             raise BloomchatError(f"unknown parameter {name!r}; known: {', '.join(self.field_names())}")
         try:
-            if name in ("max_new_tokens",):
+            if name in ("max_new_tokens", "top_k"):
                 parsed = int(value)
             elif name == "seed":
                 parsed = None if value.lower() in ("none", "") else int(value)

@@ -8,12 +8,14 @@ from bloomchat.models.tokenizer import (
 )
 from bloomchat.models.loading import load_model, load_tokenizer, save_pretrained
 from bloomchat.models.base import build_local_base
+from bloomchat.models.base_import import import_base
 
 __all__ = [
     "SIZE_PRESETS",
     "build_bloom",
     "build_local_base",
     "ensure_chat_template",
+    "import_base",
     "load_model",
     "load_tokenizer",
     "save_pretrained",

@@ -91,9 +91,25 @@ def load_model(name_or_path: str | Path, *, dtype: str = "float32", device: str 
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error("model", src, e, kwargs) from None
+    _drop_gguf_mark(model)
     if device:
         model.to(device)
     return model
+
+
+def _drop_gguf_mark(model) -> None:
+    """A checkpoint converted from GGUF by hand keeps `quantization_config: {quant_method: gguf}`
+    although its weights are plain tensors; transformers then refuses to save it (after a whole
+    fine-tune). Such a base loads here as the plain model it is (`bloomchat base import` writes
+    one without the mark)."""
+    qc = getattr(model.config, "quantization_config", None)
+    if qc is None:
+        return
+    method = (qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None))
+    if str(getattr(method, "value", method)).lower() == "gguf":
+        from bloomchat.models.base_import import strip_quantization
+
+        strip_quantization(model)
 
 
 def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:

@@ -1,9 +1,10 @@
-"""Prepared-file lines -> token ids + loss mask, exactly from the turn spans of `segments()`.
+"""Prepared-file lines -> token ids + loss mask, exact for any fast tokenizer.
 
-The loss mask is never found again by looking for `<bot>:` in token ids: each segment of
-`chat_format.segments` is tokenised on its own (no special tokens), so a token's loss flag is
-the flag of the segment it came from. Reply segments get loss 1 and are followed by the
-tokenizer's EOS, also loss 1; so an EOS closes every reply and separates conversations.
+Each conversation is rendered as one string (the chat template's text, EOS text after every reply)
+and tokenised whole; loss flags come from character spans through the offset mapping
+(`bloomchat.chat_tokens`, which also builds the engine's prompts: one encoder for both). So the
+ids are exactly `tokenizer(text)` / `apply_chat_template`, even for SentencePiece tokenizers whose
+dummy "▁" prefix made per-piece tokenisation add a token before every reply.
 
 Work comes in chunks of raw lines and goes back as plain results (never exceptions), so the
 main process decides in file order whether a bad line is an error or a counted skip, and the
@@ -15,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from bloomchat.chat_format import segments
+from bloomchat.chat_format import _TAG_RE, BOT_ALIASES, BOT_TAG, render_text
+from bloomchat.chat_tokens import (Rendered, encode_rendered, render, render_conversation_text,
+                                   render_template)
 from bloomchat.conversation import Conversation
 
 #: Skip reasons that are counted, never errors.
@@ -38,6 +42,8 @@ class Encoded:
     lang: str | None
     trailing_prompt_tokens: int  # tokens of a final human turn with no reply, left out
     split_key: str = ""  # digest of the tokens: decides the train/dev side (see `content_key`)
+    boundary_tokens: int = 0  # loss tokens that also cover prompt characters (chat_tokens' rule)
+    changes: tuple[str, ...] = ()  # how the trained text differs from the verbatim one (`text_changes`)
 
 
 def content_key(input_ids: np.ndarray, loss_mask: np.ndarray) -> str:
@@ -57,6 +63,48 @@ class Skipped:
     reason: str  # NO_BOT_TURN or INVALID
     lineno: int
     message: str
+    changes: tuple[str, ...] = ()
+
+
+#: Reasons the text trained on (parsed turns) differs from a record's verbatim BLOOMChat text.
+TEXT_CHANGES = ("text_before_first_tag", "bot_alias_renamed", "no_tag", "no_bot_turn",
+                "trailing_human_turn_removed", "whitespace_changed", "other_change")
+_ALIAS_LINE_RE = re.compile(r"(^|\n)(?:" + "|".join(re.escape(a) for a in BOT_ALIASES) + ")")
+_WS_RE = re.compile(r"\s+")
+
+
+def text_changes(conv: Conversation) -> tuple[str, ...]:
+    """Each way training on `conv.turns` changes what BLOOMChat's scripts trained on (`completion`).
+
+    text_before_first_tag: dropped; bot_alias_renamed: `Rosey:` trained as `<bot>:`; no_tag: an item
+    with no tag gives no turns (not trained); no_bot_turn: no reply (not trained);
+    trailing_human_turn_removed: an unanswered last question left out; whitespace_changed: turn texts
+    stripped (OIG's final newline...); other_change: anything else.
+    """
+    out: list[str] = []
+    text = conv.completion
+    if text is not None:
+        m = _TAG_RE.search(text)
+        if m is None:
+            return ("no_tag",)
+        if text[:m.start()].strip():
+            out.append("text_before_first_tag")
+        canonical = text[m.start():]
+        if _ALIAS_LINE_RE.search(canonical):
+            out.append("bot_alias_renamed")
+            canonical = _ALIAS_LINE_RE.sub(lambda a: a.group(1) + BOT_TAG, canonical)
+        rendered = render_text(conv.turns)
+        if canonical.strip() != rendered:
+            same = _WS_RE.sub(" ", canonical).strip() == _WS_RE.sub(" ", rendered).strip()
+            out.append("whitespace_changed" if same else "other_change")
+        elif canonical != rendered:
+            out.append("whitespace_changed")
+    roles = [t.role for t in conv.turns]
+    if "bot" not in roles:
+        out.append("no_bot_turn")
+    elif roles[-1] != "bot":
+        out.append("trailing_human_turn_removed")
+    return tuple(out)
 
 
 def parse_line(raw: bytes, lineno: int, file_label: str) -> Conversation | Skipped | None:
@@ -82,55 +130,54 @@ def parse_line(raw: bytes, lineno: int, file_label: str) -> Conversation | Skipp
     return conv
 
 
-def encode_conversations(convs: list[Conversation], tokenizer) -> list[Encoded | Skipped]:
-    """Tokenise conversations in one batched tokenizer call; conversations with no reply skip."""
-    eos = tokenizer.eos_token_id
-    texts: list[str] = []
-    plans: list[list[tuple[int, bool]] | None] = []
+def encode_conversations(convs: list[Conversation], tokenizer, *, chat_format: str = "bloomchat",
+                         loss_on: str = "replies") -> list[Encoded | Skipped]:
+    """Tokenise conversations in one batched tokenizer call (see `bloomchat.chat_tokens`).
+
+    loss_on="replies": loss on each reply and the EOS after it; conversations with no reply skip.
+    loss_on="conversation": BLOOMChat's scripts as they ran: the verbatim text, all tokens with loss,
+    one EOS at the end (chat_format="base": the whole template rendering, all tokens with loss).
+    """
+    items: list[Rendered | None] = []
+    changes: list[tuple[str, ...]] = []
     for conv in convs:
-        segs = segments(conv.turns)
-        if not any(s.loss for s in segs):
-            plans.append(None)
+        if loss_on == "conversation":
+            changes.append(())
+            if chat_format == "base":
+                items.append(render_template(tokenizer, conv.turns, loss_on=loss_on) if conv.turns else None)
+            else:
+                text = conv.text
+                items.append(render_conversation_text(text, tokenizer.eos_token) if text.strip() else None)
             continue
-        plan = []
-        for s in segs:
-            plan.append((len(texts), s.loss))
-            texts.append(s.text)
-        plans.append(plan)
-    ids_list = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"] if texts else []
+        changes.append(text_changes(conv))
+        if not any(t.role == "bot" for t in conv.turns):
+            items.append(None)
+        else:
+            items.append(render(tokenizer, conv.turns, chat_format=chat_format, loss_on=loss_on))
+    encoded = iter(encode_rendered(tokenizer, [r for r in items if r is not None]))
     out: list[Encoded | Skipped] = []
-    for conv, plan in zip(convs, plans):
-        if plan is None:
-            out.append(Skipped(NO_BOT_TURN, -1, "no bot turn"))
+    for conv, item, ch in zip(convs, items, changes):
+        if item is None:
+            out.append(Skipped(NO_BOT_TURN, -1, "no bot turn" if loss_on == "replies" else "empty text",
+                               changes=ch))
             continue
-        # Drop a final prompt segment that no reply follows: it has no loss and nothing after it.
-        trailing = 0
-        if not plan[-1][1]:
-            trailing = len(ids_list[plan[-1][0]])
-            plan = plan[:-1]
-        ids: list[int] = []
-        mask: list[int] = []
-        for idx, loss in plan:
-            seg_ids = ids_list[idx]
-            ids.extend(seg_ids)
-            mask.extend([1 if loss else 0] * len(seg_ids))
-            if loss:
-                ids.append(eos)
-                mask.append(1)
-        ids_arr, mask_arr = np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=np.int8)
+        tm = next(encoded)
         out.append(Encoded(
             key=str(conv.id),
-            input_ids=ids_arr,
-            loss_mask=mask_arr,
+            input_ids=tm.ids,
+            loss_mask=tm.mask,
             source=conv.source,
             lang=conv.lang,
-            trailing_prompt_tokens=trailing,
-            split_key=content_key(ids_arr, mask_arr),
+            trailing_prompt_tokens=tm.cut_tokens,
+            split_key=content_key(tm.ids, tm.mask),
+            boundary_tokens=tm.boundary_tokens,
+            changes=ch,
         ))
     return out
 
 
-def encode_lines(lines: list[tuple[int, bytes]], file_label: str, tokenizer) -> list[Encoded | Skipped]:
+def encode_lines(lines: list[tuple[int, bytes]], file_label: str, tokenizer, *, chat_format: str = "bloomchat",
+                 loss_on: str = "replies") -> list[Encoded | Skipped]:
     """Parse and tokenise a chunk of (line number, raw bytes); results keep line order."""
     results: list[Encoded | Skipped | None] = []
     convs: list[tuple[int, int, Conversation]] = []  # (position in results, line number, conv)
@@ -141,7 +188,7 @@ def encode_lines(lines: list[tuple[int, bytes]], file_label: str, tokenizer) -> 
             results.append(None)
         elif parsed is not None:
             results.append(parsed)
-    encoded = encode_conversations([c for _, _, c in convs], tokenizer)
+    encoded = encode_conversations([c for _, _, c in convs], tokenizer, chat_format=chat_format, loss_on=loss_on)
     for (pos, lineno, _), enc in zip(convs, encoded):
         if isinstance(enc, Skipped):
             enc.lineno = lineno
@@ -160,5 +207,6 @@ def init_worker(tokenizer) -> None:
     _WORKER_TOKENIZER = tokenizer
 
 
-def worker_encode(lines: list[tuple[int, bytes]], file_label: str) -> list[Encoded | Skipped]:
-    return encode_lines(lines, file_label, _WORKER_TOKENIZER)
+def worker_encode(lines: list[tuple[int, bytes]], file_label: str, chat_format: str = "bloomchat",
+                  loss_on: str = "replies") -> list[Encoded | Skipped]:
+    return encode_lines(lines, file_label, _WORKER_TOKENIZER, chat_format=chat_format, loss_on=loss_on)

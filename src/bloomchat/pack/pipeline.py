@@ -17,6 +17,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections import Counter, deque
@@ -24,8 +25,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
+from bloomchat.chat_format import CHAT_TEMPLATE
+from bloomchat.chat_tokens import CHAT_FORMATS, LOSS_ON, check_base_template, check_tokenizer
 from bloomchat.errors import BloomchatError
-from bloomchat.pack.encode import INVALID, NO_BOT_TURN, Encoded, Skipped, encode_lines, init_worker, worker_encode
+from bloomchat.pack.encode import (INVALID, NO_BOT_TURN, TEXT_CHANGES, Encoded, Skipped, encode_lines, init_worker,
+                                   worker_encode)
 from bloomchat.pack.packers import PACKINGS, Piece, make_packer
 from bloomchat.pack.shards import ROW_GROUP_ROWS, SHARD_ROWS, SPLITS, ShardWriter
 from bloomchat.pack.stats import STATS_FILE, SplitStats, tokenizer_info
@@ -71,16 +75,16 @@ def resolve_inputs(inputs: str | Path | list) -> list[Path]:
     return files
 
 
-def _resolve_tokenizer(tokenizer):
+def _resolve_tokenizer(tokenizer, chat_format: str):
     from bloomchat.models import load_tokenizer
 
     if isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer)
     if not callable(tokenizer) or not hasattr(tokenizer, "get_vocab"):
         raise BloomchatError(f"not a tokenizer: {type(tokenizer).__name__}")
-    if tokenizer.eos_token_id is None:
-        raise BloomchatError("tokenizer has no EOS token (needed after every reply)",
-                             where=str(getattr(tokenizer, "name_or_path", "tokenizer")))
+    check_tokenizer(tokenizer)  # fast (offsets), EOS text read back as the EOS token
+    if chat_format == "base":
+        check_base_template(tokenizer)
     return tokenizer
 
 
@@ -115,19 +119,19 @@ def _chunks(files: list[Path], chunk_lines: int) -> Iterator[tuple[Path, str, li
                 yield path, label, buf, pos - done
 
 
-def _encoded_chunks(files, tokenizer, num_proc: int, chunk_lines: int):
+def _encoded_chunks(files, tokenizer, num_proc: int, chunk_lines: int, chat_format: str, loss_on: str):
     """(file, results, bytes) in input order, tokenised in-process or by a bounded worker pool."""
     chunks = _chunks(files, chunk_lines)
     if num_proc <= 1:
         for path, label, lines, nbytes in chunks:
-            yield path, encode_lines(lines, label, tokenizer), nbytes
+            yield path, encode_lines(lines, label, tokenizer, chat_format=chat_format, loss_on=loss_on), nbytes
         return
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fork after Rust threads: keep quiet
     with ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=init_worker, initargs=(tokenizer,)) as ex:
         inflight: deque = deque()
         for path, label, lines, nbytes in chunks:
-            inflight.append((path, ex.submit(worker_encode, lines, label), nbytes))
+            inflight.append((path, ex.submit(worker_encode, lines, label, chat_format, loss_on), nbytes))
             if len(inflight) >= 2 * num_proc:
                 p, fut, n = inflight.popleft()
                 yield p, fut.result(), n
@@ -152,7 +156,8 @@ def split_overlong(enc: Encoded, max_seq_length: int) -> list[Piece]:
             for s in range(0, n, max_seq_length)]
 
 
-def _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, options) -> dict[str, Any]:
+def _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, chat_format, loss_on,
+                options) -> dict[str, Any]:
     if not isinstance(max_seq_length, int) or max_seq_length < 2:
         raise BloomchatError(f"max_seq_length must be an integer >= 2, not {max_seq_length!r}")
     if packing not in PACKINGS:
@@ -163,6 +168,10 @@ def _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, options)
         raise BloomchatError(f"num_proc must be a positive integer, not {num_proc!r}")
     if overlong not in OVERLONG:
         raise BloomchatError(f"overlong must be one of {', '.join(OVERLONG)}, not {overlong!r}")
+    if chat_format not in CHAT_FORMATS:
+        raise BloomchatError(f"chat_format must be one of {', '.join(CHAT_FORMATS)}, not {chat_format!r}")
+    if loss_on not in LOSS_ON:
+        raise BloomchatError(f"loss_on must be one of {', '.join(LOSS_ON)}, not {loss_on!r}")
     unknown = set(options) - set(DEFAULT_OPTIONS)
     if unknown:
         raise BloomchatError(f"unknown pack option(s) {', '.join(sorted(unknown))}; "
@@ -174,43 +183,86 @@ def _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, options)
     return opts
 
 
-def _clear_out_dir(out_dir: Path) -> None:
-    """Remove what an earlier pack left (stats.json first, so a half-written dir is never valid)."""
+#: What a pack run owns in its output directory (replaced as a whole by the next run).
+OUTPUT_ENTRIES = ("train", "dev", "lengths.png")
+
+
+def _work_dir(out_dir: Path) -> Path:
+    """A fresh directory next to the output (same filesystem, so moving into place is a rename)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise BloomchatError("output path exists and is not a directory", where=str(out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.pack-tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Move a finished run into place. Until here an earlier output stays untouched; while entries
+    move, its stats.json is gone first and the new one comes last, so a half-moved dir is never valid."""
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
     (out_dir / STATS_FILE).unlink(missing_ok=True)
-    for split in SPLITS:
-        for old in (out_dir / split).glob("*.parquet"):
-            old.unlink()
+    old = tmp / ".previous"
+    old.mkdir()
+    for name in OUTPUT_ENTRIES:
+        if (out_dir / name).exists():
+            (out_dir / name).rename(old / name)
+        if (tmp / name).exists():
+            (tmp / name).rename(out_dir / name)
+    (tmp / STATS_FILE).replace(out_dir / STATS_FILE)
+    shutil.rmtree(tmp)
 
 
 def pack(inputs: str | Path | list, tokenizer, out_dir: str | Path, *, max_seq_length: int = 2048,
          packing: str = "greedy", dev_ratio: float = 0.0, num_proc: int = 1, seed: int = 0,
-         overlong: str = "split", **options) -> dict:
+         overlong: str = "split", chat_format: str = "bloomchat", loss_on: str = "replies", **options) -> dict:
     """Tokenise and pack prepared files into OUTDIR/{train,dev}/*.parquet; returns stats.json's dict.
 
     tokenizer: HF tokenizer name/dir or object. packing: greedy | full | single | bfd.
-    overlong: split (cut into max_seq_length pieces) | drop. options: see DEFAULT_OPTIONS.
+    overlong: split (cut into max_seq_length pieces; later pieces train a reply without its prompt)
+    | drop (BLOOMChat's packing dropped them). chat_format: bloomchat (`<human>:/<bot>:`, exported
+    template chat_format.CHAT_TEMPLATE) | base (the tokenizer's own chat template). loss_on: replies
+    (each reply + its EOS) | conversation (every token, one EOS at the end: BLOOMChat's scripts as
+    they ran). options: see DEFAULT_OPTIONS.
+
+    The run writes into a temporary directory next to OUTDIR and moves into place only when it
+    succeeded, so a failing run leaves an earlier output as it was.
     """
+    opts = _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, chat_format, loss_on, options)
+    files = resolve_inputs(inputs)
+    tok = _resolve_tokenizer(tokenizer, chat_format)
+    out = Path(out_dir)
+    tmp = _work_dir(out)
+    try:
+        result = _pack_into(tmp, files, tok, opts, max_seq_length=max_seq_length, packing=packing,
+                            dev_ratio=dev_ratio, num_proc=num_proc, seed=seed, overlong=overlong,
+                            chat_format=chat_format, loss_on=loss_on)
+        _publish(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_ratio, num_proc, seed, overlong,
+               chat_format, loss_on) -> dict:
     from tqdm.auto import tqdm
 
-    opts = _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, options)
-    files = resolve_inputs(inputs)
-    tok = _resolve_tokenizer(tokenizer)
-    out = Path(out_dir)
-    _clear_out_dir(out)
     t0 = time.perf_counter()
-
     packers = {s: make_packer(packing, max_seq_length, seed=seed + i, window=opts["window"])
                for i, s in enumerate(SPLITS)}
     writers = {s: ShardWriter(out, s, shard_rows=opts["shard_rows"], row_group_rows=opts["row_group_rows"])
                for s in SPLITS}
     stats = {s: SplitStats(max_seq_length) for s in SPLITS}
     dropped: Counter = Counter()
+    changes: Counter = Counter()
     examples: list[dict[str, Any]] = []
     lines_read = 0
-    overlong_convs = overlong_pieces = trailing_removed = 0
+    overlong_convs = overlong_pieces = trailing_removed = boundary_tokens = changed_records = 0
 
     def emit(split, rows):
         for row in rows:
@@ -220,9 +272,13 @@ def pack(inputs: str | Path | list, tokenizer, out_dir: str | Path, *, max_seq_l
     total_bytes = sum(f.stat().st_size for f in files)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pack", disable=not opts["progress"])
     try:
-        for path, results, nbytes in _encoded_chunks(files, tok, num_proc, opts["chunk_lines"]):
+        for path, results, nbytes in _encoded_chunks(files, tok, num_proc, opts["chunk_lines"], chat_format,
+                                                     loss_on):
             for r in results:
                 lines_read += 1
+                if r.changes:
+                    changed_records += 1
+                    changes.update(r.changes)
                 if isinstance(r, Skipped):
                     where = f"{path}:{r.lineno}"
                     if r.reason == INVALID and not opts["skip_invalid"]:
@@ -236,6 +292,7 @@ def pack(inputs: str | Path | list, tokenizer, out_dir: str | Path, *, max_seq_l
                     continue
                 if r.trailing_prompt_tokens:
                     trailing_removed += 1
+                boundary_tokens += r.boundary_tokens
                 split = "dev" if dev_side(r.split_key, seed, dev_ratio) else "train"
                 n = len(r.input_ids)
                 if n > max_seq_length:
@@ -268,20 +325,20 @@ def pack(inputs: str | Path | list, tokenizer, out_dir: str | Path, *, max_seq_l
     result = _stats_dict(stats, dropped, examples, tok, files, shards, out, lines_read=lines_read,
                          max_seq_length=max_seq_length, packing=packing, dev_ratio=dev_ratio, seed=seed,
                          overlong=overlong, overlong_convs=overlong_convs, overlong_pieces=overlong_pieces,
-                         trailing_removed=trailing_removed, window=opts["window"], elapsed=elapsed)
-    tmp = out / (STATS_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / STATS_FILE)
+                         trailing_removed=trailing_removed, window=opts["window"], elapsed=elapsed,
+                         chat_format=chat_format, loss_on=loss_on, boundary_tokens=boundary_tokens,
+                         changes=changes, changed_records=changed_records)
     if opts["plot"]:
         from bloomchat.pack.plot import plot_lengths
 
         plot_lengths(result, out / "lengths.png")
+    (out / STATS_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return result
 
 
 def _stats_dict(stats, dropped, examples, tok, files, shards, out, *, lines_read, max_seq_length, packing,
                 dev_ratio, seed, overlong, overlong_convs, overlong_pieces, trailing_removed, window,
-                elapsed) -> dict[str, Any]:
+                elapsed, chat_format, loss_on, boundary_tokens, changes, changed_records) -> dict[str, Any]:
     from bloomchat import __version__
 
     tr, dv = stats["train"], stats["dev"]
@@ -307,6 +364,16 @@ def _stats_dict(stats, dropped, examples, tok, files, shards, out, *, lines_read
         "records_read": lines_read,
         "overlong": {"action": overlong, "conversations": overlong_convs, "pieces_kept": overlong_pieces},
         "trailing_prompt_turns_removed": trailing_removed,
+        "chat_format": chat_format,
+        # the template whose rendering these ids are (bloomchat: CHAT_TEMPLATE; base: the tokenizer's own):
+        # the trained model's tokenizer must carry it, so engines build the prompts training saw
+        "chat_template": CHAT_TEMPLATE if chat_format == "bloomchat" else tok.chat_template,
+        "loss_on": loss_on,
+        # loss tokens that also cover prompt characters (a merge across a span edge; see chat_tokens)
+        "boundary_tokens": boundary_tokens,
+        # how the parsed turns trained on differ from the records' verbatim BLOOMChat text
+        # (loss_on=replies only; loss_on=conversation trains the verbatim text)
+        "text_changes": {"records": changed_records, "by_reason": {k: changes[k] for k in TEXT_CHANGES}},
         "split": {"dev_ratio": dev_ratio, "train": tr.to_dict(), "dev": dv.to_dict()},
         "max_seq_length": max_seq_length,
         "packing": packing,

@@ -6,7 +6,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const STORE = "bloomchat.conversations", PARAMS = "bloomchat.params", KEY = "bloomchat.apiKey";
-  const FIELDS = ["temperature", "top_p", "repetition_penalty", "max_tokens", "seed"];
+  const FIELDS = ["temperature", "top_p", "top_k", "repetition_penalty", "max_tokens", "seed"];
   let config = { model: "bloomchat", auth: false, defaults: {} };
   let convs = JSON.parse(localStorage.getItem(STORE) || "[]");
   let current = null, controller = null;
@@ -64,7 +64,7 @@
     const p = {};
     for (const f of FIELDS) {
       const v = $(f).value.trim();
-      if (v !== "") p[f] = f === "max_tokens" || f === "seed" ? parseInt(v, 10) : parseFloat(v);
+      if (v !== "") p[f] = f === "max_tokens" || f === "seed" || f === "top_k" ? parseInt(v, 10) : parseFloat(v);
     }
     return p;
   }
@@ -158,7 +158,10 @@
 
   async function refreshStatus() {
     try {
-      const h = await (await fetch("/health")).json();
+      const headers = {};  // the counts need the key when the server has keys
+      if ($("api_key").value) headers.Authorization = "Bearer " + $("api_key").value;
+      const h = await (await fetch("/health", { headers })).json();
+      if (!h.guards) { status(""); return; }
       const c = h.guards.counts;
       status(`requests ${h.requests} · batch max ${h.largest_batch}\nguards: language drift ${c.language_drift}` +
         ` (resampled ${c.language_resampled}), loops cut ${c.repetition_cut},` +
