@@ -140,8 +140,8 @@ def heldout_loss_by_lang(model_dir: Path, heldout: Path, *, chat_format: str = "
         for line in heldout.open(encoding="utf-8"):
             conv = Conversation.from_record(json.loads(line))
             enc = encode_rendered(tok, [render(tok, conv.turns, chat_format=chat_format)])[0]
-            ids = torch.as_tensor(enc.input_ids, dtype=torch.long)[None]
-            mask = torch.as_tensor(enc.loss_mask[1:], dtype=torch.bool)
+            ids = torch.as_tensor(enc.ids, dtype=torch.long)[None]
+            mask = torch.as_tensor(enc.mask[1:], dtype=torch.bool)
             logits = model(input_ids=ids).logits[0, :-1]
             ce = F.cross_entropy(logits.float(), ids[0, 1:], reduction="none")[mask]
             s = sums.setdefault(conv.lang, [0.0, 0, 0])
