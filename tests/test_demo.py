@@ -41,7 +41,7 @@ def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     buf = io.StringIO()
     with redirect_stdout(buf):
-        rc = main(["demo", "--workdir", str(workdir)])
+        rc = main(["demo", "--base", "tiny", "--workdir", str(workdir)])
     return workdir, rc, buf.getvalue()
 
 
@@ -96,7 +96,7 @@ def test_second_demo_run_reuses_everything(demo_run):
     before = weights.stat().st_mtime_ns
     buf = io.StringIO()
     with redirect_stdout(buf):
-        assert main(["demo", "--workdir", str(workdir)]) == 0
+        assert main(["demo", "--base", "tiny", "--workdir", str(workdir)]) == 0
     out = buf.getvalue()
     assert f"reusing {workdir / 'base'}" in out
     assert f"reusing {workdir / 'model'}" in out
