@@ -1,119 +1,13 @@
-"""Language codes: every file layout names languages its own way (jp, zho_Hans, "Chinese",
-zh-CN); evaluation groups by one code, ISO 639-1 where one exists, so runs line up.
+"""Language codes and names for eval: the one table in `bloomchat.langs`, re-exported."""
 
-An unknown code is a user error (a typo such as `--langs zn` would otherwise silently select
-nothing), raised as BloomchatError naming where the code came from.
-"""
-
-from __future__ import annotations
-
-import re
-
-from bloomchat.errors import BloomchatError
-
-#: ISO 639-1 code -> English name. BLOOM's 46 natural languages are all here (its Niger-Congo
-#: and Indic languages included), plus the languages of the shared evaluation sets.
-LANG_NAMES: dict[str, str] = {
-    "af": "Afrikaans", "ak": "Akan", "am": "Amharic", "ar": "Arabic", "as": "Assamese", "az": "Azerbaijani",
-    "be": "Belarusian", "bg": "Bulgarian", "bm": "Bambara", "bn": "Bengali", "ca": "Catalan", "cs": "Czech",
-    "cy": "Welsh", "da": "Danish", "de": "German", "el": "Greek", "en": "English", "eo": "Esperanto",
-    "es": "Spanish", "et": "Estonian", "eu": "Basque", "fa": "Persian", "fi": "Finnish", "fon": "Fon",
-    "fr": "French", "ga": "Irish", "gl": "Galician", "gu": "Gujarati", "ha": "Hausa", "he": "Hebrew",
-    "hi": "Hindi", "hr": "Croatian", "ht": "Haitian Creole", "hu": "Hungarian", "hy": "Armenian", "id": "Indonesian", "ig": "Igbo",
-    "is": "Icelandic", "it": "Italian", "ja": "Japanese", "jv": "Javanese", "ka": "Georgian", "kk": "Kazakh",
-    "km": "Khmer", "kn": "Kannada", "ko": "Korean", "lg": "Luganda", "ln": "Lingala", "lt": "Lithuanian",
-    "lv": "Latvian", "mk": "Macedonian", "ml": "Malayalam", "mn": "Mongolian", "mr": "Marathi", "ms": "Malay",
-    "my": "Burmese", "ne": "Nepali", "nl": "Dutch", "no": "Norwegian", "ny": "Chichewa", "or": "Odia",
-    "pa": "Punjabi", "pl": "Polish", "pt": "Portuguese", "qu": "Quechua", "ro": "Romanian", "ru": "Russian", "rw": "Kinyarwanda",
-    "sk": "Slovak", "sl": "Slovenian", "sn": "Shona", "so": "Somali", "sq": "Albanian", "sr": "Serbian",
-    "st": "Sesotho", "sv": "Swedish", "sw": "Swahili", "ta": "Tamil", "te": "Telugu", "th": "Thai",
-    "tl": "Tagalog", "tn": "Setswana", "tr": "Turkish", "ts": "Xitsonga", "tw": "Twi", "uk": "Ukrainian",
-    "ur": "Urdu", "uz": "Uzbek", "vi": "Vietnamese", "wo": "Wolof", "xh": "Xhosa", "yo": "Yoruba",
-    "zh": "Chinese", "zu": "Zulu",
-}
-
-#: Other spellings seen in evaluation layouts -> ISO 639-1.
-_ALIASES: dict[str, str] = {
-    "jp": "ja", "cn": "zh", "zh-cn": "zh", "zh-hans": "zh", "zh_cn": "zh", "zhs": "zh", "zh-tw": "zh",
-    "zh-hant": "zh", "cmn": "zh", "deutsch": "de", "espanol": "es", "español": "es", "francais": "fr",
-    "français": "fr", "chinese-simplified": "zh", "simplified chinese": "zh", "farsi": "fa",
-    "eng": "en", "deu": "de", "ger": "de", "fra": "fr", "fre": "fr", "spa": "es", "zho": "zh", "chi": "zh",
-    "jpn": "ja", "kor": "ko", "rus": "ru", "por": "pt", "ita": "it", "arb": "ar", "ara": "ar", "hin": "hi",
-    "vie": "vi", "ind": "id", "swh": "sw", "swa": "sw", "ron": "ro", "rum": "ro", "tha": "th", "tur": "tr",
-    "ukr": "uk", "urd": "ur", "ben": "bn", "tam": "ta", "tel": "te", "yor": "yo", "ibo": "ig", "eus": "eu",
-    "cat": "ca", "nld": "nl", "pol": "pl", "ces": "cs", "ell": "el", "bul": "bg", "heb": "he", "pes": "fa",
-    "mya": "my", "zsm": "ms", "msa": "ms",
-}
-_BY_NAME = {name.lower(): code for code, name in LANG_NAMES.items()}
-
-
-def lookup_lang(code: str) -> str | None:
-    """ISO 639-1 code for `code` (zh, ZH, jp, zho_Hans, zh-CN, Chinese), or None if unknown."""
-    if not isinstance(code, str):
-        return None
-    c = code.strip().lower()
-    if c in LANG_NAMES:
-        return c
-    if c in _ALIASES:
-        return _ALIASES[c]
-    if c in _BY_NAME:
-        return _BY_NAME[c]
-    # FLORES-200 style "zho_Hans", BCP-47 "pt-BR", "zh_Hant".
-    head = re.split(r"[-_]", c, maxsplit=1)[0]
-    if head != c:
-        return lookup_lang(head)
-    return None
-
-
-def normalize_lang(code: str, where: str | None = None) -> str:
-    """ISO 639-1 code for `code`; BloomchatError naming `where` when the code is unknown."""
-    found = lookup_lang(code)
-    if found is None:
-        raise BloomchatError(f"unknown language code {code!r} (use an ISO 639-1 code such as en, zh, fr)",
-                             where=where)
-    return found
-
-
-def parse_lang_list(text: str | None, where: str = "--langs") -> list[str] | None:
-    """'en,zh, fr' -> ['en', 'zh', 'fr']; None/'' -> None (all languages)."""
-    if not text:
-        return None
-    return [normalize_lang(t, where) for t in str(text).split(",") if t.strip()]
-
-
-def lang_name(code: str) -> str:
-    return LANG_NAMES.get(code, code)
-
-
-def lang_from_path_tokens(*names: str) -> str | None:
-    """A language code found in file/folder names: zh100 -> zh, questions_Chinese -> zh,
-    BayLing-80.singleturn.zh -> zh. Tokens are tried in order; short English words that are
-    also codes (it, is, no, as, or, to...) count only when they are the whole token group's
-    last token, as in `eval_set_zh` or `question.it`."""
-    ambiguous = {"it", "is", "no", "as", "or", "to", "be", "so", "am", "an", "in", "on", "my", "me", "he", "id"}
-    for name in names:
-        tokens = [t for t in re.split(r"[^A-Za-z]+", name) if t]
-        for i, tok in enumerate(tokens):
-            low = tok.lower()
-            if low in ambiguous and i != len(tokens) - 1:
-                continue
-            if len(low) == 2 or low in _BY_NAME or low in _ALIASES:
-                found = lookup_lang(low)
-                if found:
-                    return found
-    return None
-
-
-def lang_from_path(path) -> str | None:
-    """The language a file's name gives: any token of the file name (zh100.jsonl,
-    questions_Chinese.jsonl, test.de.jsonl), else the last token of its folder's name
-    (x-final/de/test_2k.tsv, belle_eval_set_zh/eval_set.json). Other folder tokens are not
-    trusted: folder names are full of accidental codes (tmp_ta0, my_data)."""
-    from pathlib import Path
-
-    p = Path(path)
-    found = lang_from_path_tokens(p.stem)
-    if found:
-        return found
-    tokens = [t for t in re.split(r"[^A-Za-z0-9]+", p.parent.name) if t]
-    return lang_from_path_tokens(tokens[-1]) if tokens and tokens[-1].isalpha() else None
+from bloomchat.langs import (  # noqa: F401
+    LANG_NAMES,
+    _ALIASES,
+    _BY_NAME,
+    lang_from_path,
+    lang_from_path_tokens,
+    lang_name,
+    lookup_lang,
+    normalize_lang,
+    parse_lang_list,
+)
