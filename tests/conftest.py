@@ -29,17 +29,7 @@ def shared_data():
     return shared_path
 
 
-_TOKENIZER_TEXTS = [
-    "<human>: Hello, how are you?\n<bot>: I am fine, thank you. How can I help?",
-    "<human>: 你好，请介绍一下北京。\n<bot>: 北京是中国的首都，有很多名胜古迹。",
-    "<human>: Bonjour, comment ça va ?\n<bot>: Très bien, merci. Et vous ?",
-    "<human>: ¿Dónde está la biblioteca?\n<bot>: La biblioteca está al lado del parque.",
-    "<human>: مرحبا، كيف حالك؟\n<bot>: أنا بخير، شكرا لك.",
-    "<human>: नमस्ते, आप कैसे हैं?\n<bot>: मैं ठीक हूँ, धन्यवाद।",
-    "<human>: Xin chào, bạn khỏe không?\n<bot>: Tôi khỏe, cảm ơn bạn.",
-    "<human>: Olá, tudo bem?\n<bot>: Tudo ótimo, obrigado!",
-    "def add(a, b):\n    return a + b\n",
-] * 20
+from tokenizer_zoo import TOKENIZER_TEXTS as _TOKENIZER_TEXTS  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from bloomchat.chat_tokens import mask_from_offsets, prompt_ids
 from bloomchat.conversation import Conversation, Turn
 from bloomchat.pack.encode import encode_conversations
 
-from conftest import _TOKENIZER_TEXTS
+from tokenizer_zoo import TOKENIZER_TEXTS as _TOKENIZER_TEXTS
 
 CONVS = [
     [("human", "Hello, how are you?"), ("bot", "I am fine, thank you.")],

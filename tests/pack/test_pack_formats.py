@@ -82,7 +82,7 @@ def test_base_format_trains_smollm2_in_its_own_chatml(smollm2):
 
 @pytest.mark.parametrize("kind", ["sentencepiece_unigram", "llama_bpe"])
 def test_base_format_on_sentencepiece_tokenizers(kind):
-    from conftest import _TOKENIZER_TEXTS
+    from tokenizer_zoo import TOKENIZER_TEXTS as _TOKENIZER_TEXTS
 
     texts = _TOKENIZER_TEXTS + [x for _, x in CONV] * 5 + ["<|im_start|>user\nassistant\n"] * 5
     tok = _with_template(getattr(tokenizer_zoo, kind)(texts), CHATML)
