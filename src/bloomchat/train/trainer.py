@@ -24,16 +24,16 @@ import torch.nn.functional as F
 
 from bloomchat.chat_format import CHAT_TEMPLATE
 from bloomchat.errors import BloomchatError
+from bloomchat.train.accel import make_accelerator
 from bloomchat.train.checkpoint import (latest_checkpoint, load_checkpoint, save_checkpoint, trainable_only,
                                         write_text_atomic)
 from bloomchat.train.data import GPU_PAD_MULTIPLE, PackedSplit, Schedule, collate
 from bloomchat.train.packing_attn import install_packed_attention, is_bloom, packed_forward, uninstall_packed_attention
 from bloomchat.train.plan import check_base, format_plan, linear_module_names, make_plan, missing_lora_targets
-from bloomchat.train.recipe import Recipe, Stage, load_recipe, world_size_from_env
+from bloomchat.train.recipe import Recipe, Stage, load_recipe
 from bloomchat.train.report import MetricsLog, earlier_stages, model_card, plot_loss, read_metrics
 from bloomchat.train.stage_data import ensure_packed
 
-_MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 RESULT = "result.json"
 
 
@@ -61,30 +61,6 @@ def _optimizer(model, stage: Stage):
     groups = [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, betas=tuple(stage.adam_betas),
                              eps=stage.adam_eps)
-
-
-def _make_accelerator(recipe: Recipe):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    if recipe.precision == "fp16" and not torch.cuda.is_available():
-        raise BloomchatError("precision fp16 needs a GPU; use bf16 or fp32 on CPU", where=f"{recipe.path} precision")
-    # Several processes (accelerate launch / torchrun set WORLD_SIZE) but no GPU: join them over
-    # gloo on the CPU. Without cpu=True accelerate finds no device to distribute over and every
-    # process would train alone, all writing the same output folder.
-    cpu = world_size_from_env() > 1 and not _has_gpu()
-    try:
-        return Accelerator(mixed_precision=_MIXED[recipe.precision], cpu=cpu)
-    except ValueError:
-        # a second recipe in the same process with another precision: start the state afresh
-        AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=_MIXED[recipe.precision], cpu=cpu)
-
-
-def _has_gpu() -> bool:
-    """A device accelerate can distribute over (CUDA, XPU, ...); Apple's MPS cannot."""
-    acc = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
-    return acc is not None and acc.type != "mps"
 
 
 def _embedding_rows(model) -> int:
@@ -182,6 +158,7 @@ def _export(accelerator, model, tokenizer, recipe: Recipe, stage_dir: Path, card
         try:
             if state_dict is not None:
                 tmp.mkdir(parents=True)
+                state_dict = _untie(state_dict, m)
                 m.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
                 save_tokenizer(tokenizer, tmp)
             else:
@@ -197,6 +174,14 @@ def _export(accelerator, model, tokenizer, recipe: Recipe, stage_dir: Path, card
         os.replace(tmp, out)
     accelerator.wait_for_everyone()
     return out
+
+
+def _untie(state_dict: dict, model) -> dict:
+    """A gathered FSDP / ZeRO-3 state dict holds tied weights (lm_head = embeddings) as separate
+    copies, which transformers then writes twice; drop the tied ones as an unsharded save does."""
+    tied = model.get_expanded_tied_weights_keys(all_submodels=True) if hasattr(
+        model, "get_expanded_tied_weights_keys") else {}
+    return {k: v for k, v in state_dict.items() if not (k in tied and tied[k] in state_dict)}
 
 
 def loss_step(model, batch: dict, device, *, bloom: bool | None = None) -> torch.Tensor:
@@ -378,6 +363,7 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
     result = {"name": stage.name, "init_from": init, "model_dir": str(sd / "model"), "final_loss": last_loss,
               "dev_loss": dev_loss, "steps": total, "tokens": tokens_done, "loss_tokens": loss_tokens_done,
               "rows": len(train), "seconds": round(time.perf_counter() - t0, 2), "processes": world,
+              "distributed_type": accelerator.distributed_type.name,
               "metrics": str(sd / "metrics.jsonl"), "loss_plot": str(sd / "loss.png"),
               "checkpoints": str(ckpt_root), "shards": str(shards)}
     card = model_card(recipe=recipe, stage=stage, data_stats=data_stats, prepare_summary=prep_summary,
@@ -414,7 +400,7 @@ def run_recipe(recipe: Path | str | Recipe, *, vars: dict[str, str] | None = Non
         return plan
     from bloomchat.models import load_tokenizer
 
-    accelerator = _make_accelerator(recipe)
+    accelerator = make_accelerator(recipe)
     tokenizer = load_tokenizer(recipe.tokenizer or recipe.base_model)
     results = []
     t0 = time.perf_counter()
