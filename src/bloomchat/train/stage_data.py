@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from bloomchat.errors import BloomchatError
+from bloomchat.train.faults import writing
 from bloomchat.train.recipe import Recipe, Stage
 
 SPEC = "spec.json"
@@ -70,8 +71,9 @@ def ensure_packed(recipe: Recipe, stage: Stage, tokenizer, *, accelerator=None) 
     main = accelerator is None or accelerator.is_main_process
     fresh = spec_path.exists() and json.loads(spec_path.read_text()) == spec and (out / "stats.json").exists()
     if main and not fresh:
-        _build(recipe, stage, tokenizer, data_dir, out)
-        spec_path.write_text(json.dumps(spec, indent=1))
+        with writing("the stage's prepared data", data_dir):
+            _build(recipe, stage, tokenizer, data_dir, out)
+            spec_path.write_text(json.dumps(spec, indent=1))
     if accelerator is not None:
         accelerator.wait_for_everyone()
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None

@@ -27,6 +27,7 @@ from bloomchat.errors import BloomchatError
 from bloomchat.train.accel import make_accelerator
 from bloomchat.train.checkpoint import (latest_checkpoint, load_checkpoint, save_checkpoint, trainable_only,
                                         write_text_atomic)
+from bloomchat.train.faults import is_write_fault, write_fault, writing
 from bloomchat.train.data import GPU_PAD_MULTIPLE, PackedSplit, Schedule, collate
 from bloomchat.train.packing_attn import install_packed_attention, is_bloom, packed_forward, uninstall_packed_attention
 from bloomchat.train.plan import check_base, format_plan, linear_module_names, make_plan, missing_lora_targets
@@ -164,14 +165,17 @@ def _export(accelerator, model, tokenizer, recipe: Recipe, stage_dir: Path, card
             else:
                 save_pretrained(m, tokenizer, tmp)
             (tmp / "README.md").write_text(card, encoding="utf-8")
-        except OSError as e:
+        except Exception as e:  # a full disk: OSError, or SafetensorError from safetensors
             shutil.rmtree(tmp, ignore_errors=True)
-            raise BloomchatError(f"could not write the stage's model ({e.strerror or e})", where=str(out)) from None
+            if not is_write_fault(e):
+                raise
+            raise write_fault("the stage's model", out, e) from None
         finally:
             tokenizer.chat_template = template
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with writing("the stage's model", out):
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
     accelerator.wait_for_everyone()
     return out
 
@@ -235,8 +239,9 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
         raise BloomchatError(f"stage {stage.name} already has checkpoints ({latest.name}); pass --resume to "
                              f"continue it, or delete {sd} to start over", where=str(sd))
     if accelerator.is_main_process:
-        sd.mkdir(parents=True, exist_ok=True)
-        result_path.unlink(missing_ok=True)
+        with writing("the stage's folder", sd):
+            sd.mkdir(parents=True, exist_ok=True)
+            result_path.unlink(missing_ok=True)
 
     init = _init_source(recipe, idx, stage)
     _check_vocab(init, tokenizer)
@@ -370,8 +375,9 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
                       result=result, lineage=earlier_stages(recipe, idx))
     _export(accelerator, model, tokenizer, recipe, sd, card)
     if accelerator.is_main_process:
-        plot_loss(sd / "metrics.jsonl", sd / "loss.png", f"{recipe.name} / {stage.name}")
-        write_text_atomic(result_path, json.dumps(result, indent=1))
+        with writing("the stage's results", sd):
+            plot_loss(sd / "metrics.jsonl", sd / "loss.png", f"{recipe.name} / {stage.name}")
+            write_text_atomic(result_path, json.dumps(result, indent=1))
     accelerator.wait_for_everyone()
     for h in hooks:
         h.remove()
@@ -410,6 +416,7 @@ def run_recipe(recipe: Path | str | Recipe, *, vars: dict[str, str] | None = Non
            "output_dir": str(recipe.output_dir), "stages": results,
            "final_model_dir": results[-1]["model_dir"], "seconds": round(time.perf_counter() - t0, 2)}
     if accelerator.is_main_process:
-        recipe.output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(recipe.output_dir / "run.json", json.dumps(out, indent=1))
+        with writing("the run's summary", recipe.output_dir):
+            recipe.output_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(recipe.output_dir / "run.json", json.dumps(out, indent=1))
     return out
