@@ -72,7 +72,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 class _FakeAccelerator:
-    """One rank of an n-process run, as _dev_loss sees it; `reduce` records instead of summing."""
+    """One rank of an n-process run, as dev_loss sees it; `reduce` records instead of summing."""
 
     def __init__(self, rank: int, world: int):
         self.process_index, self.num_processes, self.device = rank, world, torch.device("cpu")
@@ -88,7 +88,7 @@ def test_dev_pass_gives_every_rank_the_same_forwards(micro_model_dir, tiny_token
     still be 2 forwards on each (a zero-weight row on rank 1), and the summed loss equals 1 rank's."""
     from transformers import AutoModelForCausalLM
 
-    from bloomchat.train import trainer
+    from bloomchat.train import loop
     from bloomchat.train.data import PackedSplit
 
     shards = write_shards(tmp_path / "shards", tiny_tokenizer, n_rows=4, seed=5, dev_rows=3)
@@ -98,13 +98,13 @@ def test_dev_pass_gives_every_rank_the_same_forwards(micro_model_dir, tiny_token
     model = AutoModelForCausalLM.from_pretrained(micro_model_dir)
     install_packed_attention(model)
     calls = []
-    real = trainer.packed_forward
-    monkeypatch.setattr(trainer, "packed_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = loop.packed_forward
+    monkeypatch.setattr(loop, "packed_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def run(rank, world):
         acc = _FakeAccelerator(rank, world)
         calls.clear()
-        trainer._dev_loss(model, dev, micro=1, pad_id=0, plw=0.0, accelerator=acc)
+        loop.dev_loss(model, dev, micro=1, pad_id=0, plw=0.0, accelerator=acc)
         return len(calls), acc.reduced[0]
 
     (n0, t0), (n1, t1) = run(0, 2), run(1, 2)
