@@ -8,11 +8,18 @@ over the whole global batch (every process knows the normaliser up front from th
 counts), the LM head runs only where a loss is taken, packed conversations are kept apart with a
 block-diagonal mask, and the data position is a pure function of the step, which makes resuming
 exact. Everything else (devices, DDP/FSDP/DeepSpeed, mixed precision, state saving) is accelerate.
+
+A stage reads top to bottom as: stage folder -> data (stage_data, setup.open_splits) ->
+setup_stage (setup.py: model, LoRA, optimizer; accelerate.prepare) -> restore -> loop.train_loop
+(one loss step, loop.loss_step, shared with the dev pass) -> final checkpoint -> dev pass ->
+export.export_model -> result.json. Each training record carries model TFLOP/s and, when one
+device's peak is known ($BLOOMCHAT_PEAK_TFLOPS or the GPU table in mfu.py), MFU.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,8 +30,8 @@ from bloomchat.train.checkpoint import (latest_checkpoint, load_checkpoint, save
 from bloomchat.train.data import PackedSplit, Schedule
 from bloomchat.train.export import export_model
 from bloomchat.train.faults import writing
-from bloomchat.train.loop import StageRun, Tally, dev_loss, lr_at, train_loop  # noqa: F401  (lr_at: public here too)
-from bloomchat.train.mfu import ModelShape, device_peak
+from bloomchat.train.loop import StageRun, Tally, dev_loss, lr_at, throughput, train_loop  # noqa: F401 (lr_at)
+from bloomchat.train.mfu import device_peak
 from bloomchat.train.plan import check_base, format_plan, make_plan
 from bloomchat.train.recipe import Recipe, load_recipe
 from bloomchat.train.report import MetricsLog, earlier_stages, model_card, plot_loss, read_metrics
@@ -114,7 +121,7 @@ def _train(run: StageRun, latest: Path | None, trainable: set[str] | None,
     bar = tqdm(total=total, initial=start, desc=f"train {stage.name}", unit="step",
                disable=not (progress and acc.is_main_process), dynamic_ncols=True)
     if run.peak_tflops is None and not bar.disable:
-        bar.write(f"MFU not shown: {device_peak(acc.device, run.recipe.precision)[1]}")
+        bar.write(f"MFU not shown: {device_peak(acc.device, run.recipe.precision)[1]}", file=sys.stderr)
     tally = Tally.resumed(metrics, start) if latest is not None else Tally()
     train_loop(run, start, log, tally, bar)
     bar.close()
@@ -133,11 +140,9 @@ def _train(run: StageRun, latest: Path | None, trainable: set[str] | None,
 
 def _result(run: StageRun, tally: Tally, dev: float | None, *, init: str, shards: Path) -> dict:
     sd, acc = run.stage_dir, run.accelerator
-    peak, source = device_peak(acc.device, run.recipe.precision)
-    speed = {"model_flops": tally.flops_run, "tflops": float(f"{tally.flops_run / tally.elapsed / 1e12:.4g}"),
-             "peak_tflops": peak, "peak_source": source}
-    if peak and tally.tokens_run:
-        speed["mfu"] = float(f"{tally.flops_run / tally.elapsed / (peak * 1e12 * acc.num_processes):.4g}")
+    speed = {k: v for k, v in throughput(run, tally).items() if k in ("tflops", "mfu")}
+    speed.update(model_flops=tally.flops_run, peak_tflops=run.peak_tflops,
+                 peak_source=device_peak(acc.device, run.recipe.precision)[1])
     return {"name": run.stage.name, "init_from": init, "model_dir": str(sd / "model"), "final_loss": tally.last_loss,
             "dev_loss": dev, "steps": run.sched.total_steps, "tokens": tally.tokens, "loss_tokens": tally.loss_tokens,
             "rows": len(run.train_split), "seconds": round(tally.elapsed, 2), "processes": acc.num_processes,
