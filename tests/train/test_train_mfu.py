@@ -86,3 +86,79 @@ def test_peak_table_and_mfu():
     # bloom-560m at 2048 tokens, 100k tokens/s on an H200: 3.657e9 * 1e5 / 989e12 = 37.0 %
     assert mfu(100_000, 3_657_424_896, 989.0) == pytest.approx(0.36981, abs=1e-5)
     assert mfu(100_000, 3_657_424_896, None) is None
+
+
+def _expected_flops(shards, config) -> float:
+    """Model FLOPs of one epoch over the shards, from the parquet rows and the BLOOM parameter
+    formula alone: 6 x body weights x tokens + 6 x head x head positions (predicted loss tokens,
+    prompt_loss_weight 0) + 12 x layers x hidden x sum s(s+1)/2 over conversations."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    shape = ModelShape.from_config(config)
+    head = shape.vocab * shape.hidden
+    total = 0.0
+    for row in pq.read_table(shards / "train" / "train-00000.parquet").to_pylist():
+        seg, loss = np.array(row["segment_ids"]), np.array(row["loss_mask"], bool)
+        h = int((loss[1:] & (seg[1:] == seg[:-1])).sum())
+        s = np.bincount(seg)[1:]
+        s = s[s > 0].astype(np.float64)
+        total += 6 * (shape.n_params - head) * len(seg) + 6 * head * h + 12 * shape.n_layer * shape.hidden * (
+            s * (s + 1) / 2).sum()
+    return total
+
+
+def test_training_metrics_carry_mfu(tmp_path, micro_model_dir, tiny_tokenizer, monkeypatch, capsys):
+    """With a peak given ($BLOOMCHAT_PEAK_TFLOPS): every training record has model TFLOP/s and MFU,
+    the progress line shows MFU, and the stage's model FLOPs equal the count made from the shards."""
+    from transformers import AutoConfig
+    from train_helpers import write_recipe, write_shards
+
+    from bloomchat.train import run_recipe
+    from bloomchat.train.report import read_metrics
+
+    shards = write_shards(tmp_path / "shards", tiny_tokenizer, n_rows=8, seed=6)
+
+    def recipe(out):  # 8 rows, 4 a step: 2 steps, every row once, no idle micro-batch
+        return write_recipe(tmp_path / f"{out}.yaml", {
+            "name": "mfu", "base_model": str(micro_model_dir), "output_dir": str(tmp_path / out), "seed": 1,
+            "defaults": {"global_batch_size": 4, "micro_batch_size": 2, "lr": 1e-3},
+            "stages": [{"name": "s", "epochs": 1, "data": {"shards": str(shards)}}]})
+
+    monkeypatch.setenv("BLOOMCHAT_PEAK_TFLOPS", "0.25")
+    res = run_recipe(recipe("peak"), progress=True)["stages"][0]
+    err = capsys.readouterr().err
+    assert "mfu=" in err and "MFU not shown" not in err
+    recs = [r for r in read_metrics(tmp_path / "peak" / "s" / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(recs) == 2
+    for r in recs:
+        assert r["tflops"] > 0 and r["mfu"] == pytest.approx(r["tflops"] / 0.25, rel=2e-3)
+    assert res["peak_tflops"] == 0.25 and res["peak_source"] == "$BLOOMCHAT_PEAK_TFLOPS"
+    assert res["model_flops"] == pytest.approx(_expected_flops(shards, AutoConfig.from_pretrained(micro_model_dir)),
+                                               rel=1e-9)
+    # no peak known (a CPU, nothing given): no MFU anywhere, and the reason said once
+    monkeypatch.delenv("BLOOMCHAT_PEAK_TFLOPS")
+    res = run_recipe(recipe("nopeak"), progress=True)["stages"][0]
+    err = capsys.readouterr().err
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: its peak comes from the table")
+    assert err.count("MFU not shown: no peak FLOP/s known for a cpu device; set $BLOOMCHAT_PEAK_TFLOPS") == 1
+    assert "mfu=" not in err and "mfu" not in res and res["peak_tflops"] is None
+    recs = [r for r in read_metrics(tmp_path / "nopeak" / "s" / "metrics.jsonl") if r["kind"] == "train"]
+    assert all("mfu" not in r and r["tflops"] > 0 for r in recs)
+    assert res["model_flops"] == pytest.approx(_expected_flops(shards, AutoConfig.from_pretrained(micro_model_dir)),
+                                               rel=1e-9)
+
+
+def test_peak_from_the_environment_is_checked(monkeypatch):
+    from bloomchat.errors import BloomchatError
+    from bloomchat.train.mfu import device_peak
+
+    monkeypatch.setenv("BLOOMCHAT_PEAK_TFLOPS", "fast")
+    with pytest.raises(BloomchatError, match="BLOOMCHAT_PEAK_TFLOPS: expects one device's peak TFLOP/s"):
+        device_peak(torch.device("cpu"), "fp32")
+    monkeypatch.setenv("BLOOMCHAT_PEAK_TFLOPS", "-1")
+    with pytest.raises(BloomchatError):
+        device_peak(torch.device("cpu"), "fp32")
+    monkeypatch.setenv("BLOOMCHAT_PEAK_TFLOPS", "0.192")
+    assert device_peak(torch.device("cpu"), "fp32") == (0.192, "$BLOOMCHAT_PEAK_TFLOPS")

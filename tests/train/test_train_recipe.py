@@ -76,7 +76,7 @@ def test_shipped_recipes_load(name, fake_sources):
 def test_accelerate_configs_are_valid_yaml():
     import yaml
 
-    for f in ("deepspeed_zero3.yaml", "fsdp.yaml", "cpu_2proc.yaml"):
+    for f in ("deepspeed_zero3.yaml", "fsdp.yaml", "cpu_2proc.yaml", "fsdp_cpu_2proc.yaml"):
         cfg = yaml.safe_load((RECIPES / "accelerate" / f).read_text())
         assert cfg["distributed_type"] in ("DEEPSPEED", "FSDP", "MULTI_GPU")
     ds = yaml.safe_load((RECIPES / "accelerate" / "deepspeed_zero3.yaml").read_text())
@@ -114,6 +114,10 @@ def test_accelerate_configs_give_settings_accelerator_accepts(monkeypatch):
     fsdp = _launch_env(RECIPES / "accelerate" / "fsdp.yaml")
     assert fsdp["ACCELERATE_USE_FSDP"] == "true" and fsdp["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "BloomBlock"
     assert fsdp.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").isdigit()
+    # the CPU FSDP config: torchrun starts 2 processes and FSDP2 is asked for (bloomchat.train.accel)
+    cpu = _launch_env(RECIPES / "accelerate" / "fsdp_cpu_2proc.yaml")
+    assert cpu["ACCELERATE_USE_FSDP"] == "true" and cpu["FSDP_VERSION"] == "2"
+    assert cpu["FSDP_CPU_RAM_EFFICIENT_LOADING"].lower() in ("false", "0")
 
 
 def _base(tmp_path, micro_model_dir, packed_pair):

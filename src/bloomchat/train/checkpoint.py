@@ -12,7 +12,6 @@ an interrupted save are removed on the next save.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from bloomchat.errors import BloomchatError
+from bloomchat.train.faults import cause, is_write_fault
 
 LATEST = "latest"
 STATE = "trainer_state.json"
@@ -87,7 +87,7 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, *, kee
         accelerator.wait_for_everyone()
         if main:
             write_text_atomic(tmp / STATE, json.dumps(state, indent=1))
-            for f in tmp.iterdir():
+            for f in tmp.rglob("*"):  # FSDP writes its shards into subfolders
                 if f.is_file():
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
@@ -97,18 +97,21 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, *, kee
             _fsync_dir(ckpt_root)
             write_text_atomic(ckpt_root / LATEST, name + "\n")
             _prune(ckpt_root, keep)
-    except OSError as e:
+    except Exception as e:  # torch.save reports a full disk as RuntimeError, safetensors as SafetensorError
+        reason = cause(e, tmp) if is_write_fault(e) else None  # before the partial files are removed
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
+        if reason is None:
+            raise
         prev = None
         try:
             prev = latest_checkpoint(ckpt_root)
         except BloomchatError:
             pass
-        reason = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        todo = "free space" if "space" in reason or "quota" in reason else "fix that"
         raise BloomchatError(
             f"could not write checkpoint {name} ({reason}); the latest complete checkpoint is still "
-            f"{prev.name if prev else 'none'}; free space and rerun with --resume", where=str(ckpt_root)) from None
+            f"{prev.name if prev else 'none'}; {todo} and rerun with --resume", where=str(ckpt_root)) from None
     accelerator.wait_for_everyone()
     return final
 

@@ -58,6 +58,39 @@ def _row_stats(table) -> RowStats:
     return RowStats(cat(lengths), cat(loss_t), cat(pred_t), max_id)
 
 
+def _corrupt(f: Path, e: Exception) -> BloomchatError:
+    why = str(e).strip().splitlines()
+    return BloomchatError(f"corrupt or unreadable parquet shard: {why[0] if why else type(e).__name__}", where=str(f))
+
+
+def _check_footers(files: list[Path]) -> None:
+    """A truncated shard has no parquet footer; reading the footers first (a few KB each) names it
+    before `datasets` logs its own error about it."""
+    import pyarrow.parquet as pq
+
+    for f in files:
+        try:
+            pq.read_metadata(f)
+        except Exception as e:  # ArrowInvalid: "Parquet magic bytes not found in footer ..."
+            raise _corrupt(f, e) from None
+
+
+def _unreadable(files: list[Path], e: Exception) -> BloomchatError:
+    """Name the shard that cannot be read and why: `datasets` says only "An error occurred while
+    generating the dataset" for a shard with corrupt pages, so each file is read again on its own."""
+    import pyarrow.parquet as pq
+
+    for f in files:
+        try:
+            pq.read_table(f, columns=["input_ids", "loss_mask", "segment_ids"])
+        except Exception as fe:  # OSError "Corrupt snappy compressed data", ArrowInvalid, ...
+            return _corrupt(f, fe)
+    while e.__cause__ is not None or e.__context__ is not None:  # the innermost error says most
+        e = e.__cause__ or e.__context__
+    why = str(e).strip().splitlines()
+    return BloomchatError(f"cannot read shards: {why[0] if why else type(e).__name__}", where=str(files[0].parent))
+
+
 class PackedSplit:
     """One split (train/dev) of a packed-shards directory, random access by row index."""
 
@@ -69,11 +102,12 @@ class PackedSplit:
         if not files:
             raise BloomchatError(f"no {split} shards (*.parquet)", where=str(Path(shards_dir) / split))
         disable_progress_bar()
+        _check_footers(files)
         try:
             self.ds = Dataset.from_parquet([str(f) for f in files], cache_dir=str(cache_dir) if cache_dir else None,
                                            keep_in_memory=False)
         except Exception as e:  # a corrupt or foreign parquet file
-            raise BloomchatError(f"cannot read shards: {str(e).splitlines()[0]}", where=str(shards_dir)) from None
+            raise _unreadable(files, e) from None
         missing = {"input_ids", "loss_mask", "segment_ids"} - set(self.ds.column_names)
         if missing:
             raise BloomchatError(f"shards lack column(s) {', '.join(sorted(missing))}", where=str(files[0]))

@@ -29,6 +29,7 @@ conversation, head everywhere: 6 x 559,214,592 = 3,355,287,552 plus 12 x 24 x 10
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,38 @@ def peak_tflops(device_name: str, dtype: str = "bf16") -> float | None:
     return None
 
 
+#: Environment variable giving one training device's peak TFLOP/s (for a CPU, or a GPU the table
+#: lacks); the trainer reports MFU only when a peak is known.
+PEAK_ENV = "BLOOMCHAT_PEAK_TFLOPS"
+
+
+def device_peak(device, precision: str) -> tuple[float | None, str]:
+    """(peak TFLOP/s of one device or None, where the figure comes from or why there is none):
+    $BLOOMCHAT_PEAK_TFLOPS, else the table for a CUDA device, else None (CPU: a guess of
+    cores x clock would make an MFU look measured when it is not)."""
+    from bloomchat.errors import BloomchatError
+
+    text = os.environ.get(PEAK_ENV, "").strip()
+    if text:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > 0:
+            raise BloomchatError(f"expects one device's peak TFLOP/s, a positive number; got {text!r}", where=PEAK_ENV)
+        return value, f"${PEAK_ENV}"
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(device)
+        p = peak_tflops(name, precision)
+        if p:
+            return p, f"{name}, dense {precision} (table)"
+        return None, f"no dense {precision} peak for {name} in bloomchat.train.mfu's table; set ${PEAK_ENV}"
+    return None, (f"no peak FLOP/s known for a {getattr(device, 'type', device)} device; set ${PEAK_ENV} "
+                  f"(a CPU: cores x GHz x {CPU_FP32_FLOPS_PER_CYCLE} / 1000)")
+
+
 @dataclass(frozen=True)
 class ModelShape:
     n_layer: int
@@ -91,10 +124,11 @@ class ModelShape:
     def from_model(cls, model) -> ModelShape:
         """Counts the model's unique parameters; an untied input embedding is a lookup, not a
         matmul, so it is left out."""
-        n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        numel = lambda p: getattr(p, "ds_numel", None) or p.numel()  # noqa: E731  (ZeRO-3 keeps the full count there)
+        n = sum(numel(p) for p in {id(p): p for p in model.parameters()}.values())
         emb, head = model.get_input_embeddings(), model.get_output_embeddings()
         if head is not None and emb.weight is not head.weight:
-            n -= emb.weight.numel()
+            n -= numel(emb.weight)
         return cls.from_config(model.config, n_params=n)
 
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bloomchat.train.faults import writing
+
 #: Keys of a metrics line that depend only on the math (compared across resumed/parallel runs).
 LOSS_KEYS = ("step", "loss", "lr", "grad_norm", "tokens", "loss_tokens")
 
@@ -20,13 +22,14 @@ class MetricsLog:
         self.tb = None
         if not enabled:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            path.write_text("")
-        else:
-            keep = [ln for ln in read_metrics(path)
-                    if ln.get("kind", "train") == "train" and ln.get("step", 0) <= resume_step]
-            path.write_text("".join(json.dumps(x) + "\n" for x in keep))
+        with writing("the metrics log", path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_step is None:
+                path.write_text("")
+            else:
+                keep = [ln for ln in read_metrics(path)
+                        if ln.get("kind", "train") == "train" and ln.get("step", 0) <= resume_step]
+                path.write_text("".join(json.dumps(x) + "\n" for x in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -37,7 +40,7 @@ class MetricsLog:
     def write(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
+        with writing("the metrics log", self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
         if self.tb is not None:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from bloomchat.errors import BloomchatError
+from bloomchat.train.faults import writing
 from bloomchat.train.recipe import Recipe, Stage
 
 SPEC = "spec.json"
@@ -62,16 +63,18 @@ def ensure_packed(recipe: Recipe, stage: Stage, tokenizer, *, accelerator=None) 
 
     if stage.data.shards is not None:
         return stage.data.shards, None
+    from bloomchat.data.prepare import summary_path as summary_path_of
     data_dir = recipe.stage_dir(stage) / "data"
     out = data_dir / "packed"
     spec = _spec(recipe, stage, tokenizer_fingerprint(tokenizer))
     spec_path = data_dir / SPEC
-    summary_path = data_dir / "prepared.summary.json"
+    summary_path = summary_path_of(data_dir / "prepared.jsonl")  # prepare writes it, next to its output
     main = accelerator is None or accelerator.is_main_process
     fresh = spec_path.exists() and json.loads(spec_path.read_text()) == spec and (out / "stats.json").exists()
     if main and not fresh:
-        _build(recipe, stage, tokenizer, data_dir, out)
-        spec_path.write_text(json.dumps(spec, indent=1))
+        with writing("the stage's prepared data", data_dir):
+            _build(recipe, stage, tokenizer, data_dir, out)
+            spec_path.write_text(json.dumps(spec, indent=1))
     if accelerator is not None:
         accelerator.wait_for_everyone()
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
@@ -88,9 +91,8 @@ def _build(recipe: Recipe, stage: Stage, tokenizer, data_dir: Path, out: Path) -
     d = stage.data
     data_dir.mkdir(parents=True, exist_ok=True)
     prepared = data_dir / "prepared.jsonl"
-    summary = prepare(out=prepared, oig=[str(p) for p in d.oig], dolly=[str(p) for p in d.dolly],
-                      oasst1=[str(p) for p in d.oasst1], jsonl=[str(p) for p in d.jsonl], seed=recipe.seed,
-                      per_source=d.per_source, **d.prepare)
-    (data_dir / "prepared.summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    prepare(out=prepared, oig=[str(p) for p in d.oig], dolly=[str(p) for p in d.dolly],
+            oasst1=[str(p) for p in d.oasst1], jsonl=[str(p) for p in d.jsonl], seed=recipe.seed,
+            per_source=d.per_source, **d.prepare)  # it writes prepared.summary.json itself
     pack([prepared], tokenizer, out, max_seq_length=d.max_seq_length, packing=d.packing,
          dev_ratio=d.dev_ratio, num_proc=d.num_proc, seed=recipe.seed, **_pack_kwargs(recipe, stage, pack))
