@@ -26,6 +26,7 @@ def fake_sources(tmp_path, micro_model_dir):
         (tmp_path / "oig" / f).write_text("")
     (tmp_path / "dolly.jsonl").write_text("")
     (tmp_path / "oasst1.messages.jsonl").write_text("")
+    (tmp_path / "oasst1-train-trees.txt").write_text("")
     wd = tmp_path / "demo"
     for sub in ("oig", "dolly", "oasst1"):
         (wd / "data" / sub).mkdir(parents=True)
@@ -34,6 +35,7 @@ def fake_sources(tmp_path, micro_model_dir):
     (wd / "data/oasst1/oasst1_demo.messages.jsonl").write_text("")
     (wd / "base").symlink_to(micro_model_dir)
     return {"oig": str(tmp_path / "oig"), "dolly": str(tmp_path / "dolly.jsonl"),
+            "oasst1_train": str(tmp_path / "oasst1-train-trees.txt"),
             "oasst1": str(tmp_path / "oasst1.messages.jsonl"), "out": str(tmp_path / "runs"),
             "workdir": str(wd)}
 
@@ -58,6 +60,9 @@ def test_shipped_recipes_load(name, fake_sources):
         assert {"unified_basic.jsonl", "unified_p3.jsonl.gz", "unified_chip2.jsonl"} <= set(names)
         assert all(s.lr_schedule == "cosine" and s.lr_end_ratio == 0.1 for s in r.stages)  # the model card
         assert all(s.data.overlong == "drop" and s.data.loss_on == "replies" for s in r.stages)
+        # BLOOMChat's scripts: the prosocial skip tests only `meta`; OASST1's train split only
+        assert s1.data.prepare["prosocial_check"] == "meta"
+        assert s2.data.prepare["oasst1_trees"] == fake_sources["oasst1_train"]
     if name == "bloom-560m-lora":
         assert r.method == "lora" and r.lora.r == 16
     if name == "demo":
@@ -251,7 +256,9 @@ def test_cli_refuses_a_set_the_recipe_does_not_use(tmp_path, micro_model_dir, pa
 def test_one_stage_of_a_recipe_needs_only_its_own_placeholders(tmp_path):
     for name in ("oasst1.jsonl", "dolly.jsonl"):
         (tmp_path / name).write_text("{}\n")
-    vars_ = {"oasst1": str(tmp_path / "oasst1.jsonl"), "dolly": str(tmp_path / "dolly.jsonl")}
+    (tmp_path / "trees.txt").write_text("")
+    vars_ = {"oasst1": str(tmp_path / "oasst1.jsonl"), "dolly": str(tmp_path / "dolly.jsonl"),
+             "oasst1_train": str(tmp_path / "trees.txt")}
     with pytest.raises(BloomchatError, match=r"\$\{oig\}"):
         load_recipe(RECIPES / "bloomchat-176b.yaml", vars=vars_)
     r = load_recipe(RECIPES / "bloomchat-176b.yaml", vars=vars_, only_stage="stage2-oasst1-dolly")
