@@ -274,7 +274,7 @@ def _chat_tasks(opts: dict, common: dict, langs, lang, where: str) -> list:
 
 def make_tasks(opts: dict, where: str = "command line") -> list:
     """Task objects from one task's options (flags or one entry of a --spec file)."""
-    from bloomchat.eval.langs import normalize_lang, parse_lang_list
+    from bloomchat.langs import normalize_lang, parse_lang_list
 
     kind, common = _common_task_opts(opts, where)
     if kind == "translation":
@@ -376,7 +376,7 @@ def _compare(args) -> int:
 
 
 def _convert(args) -> int:
-    from bloomchat.eval.langs import normalize_lang
+    from bloomchat.langs import normalize_lang
     from bloomchat.eval.mc import load_mc, write_mc_jsonl
 
     lang = normalize_lang(args.lang, "--lang") if args.lang else None
