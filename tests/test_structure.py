@@ -36,6 +36,10 @@ LAYERS: list[tuple[str, ...]] = [
 # fix lands (train/cli.py's main() should take run_verb from bloomchat.errors, where it lives now).
 ALLOWED_UPWARD = {("bloomchat.train.cli", "bloomchat.cli")}
 
+# ImportError guards around bloomchat's own modules still in code owned by another branch (train/
+# recipe.py _check_prepare, train/stage_data.py _build); the integrator empties this set when they go.
+ALLOWED_GUARDS = {"bloomchat.train.recipe", "bloomchat.train.stage_data"}
+
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
@@ -164,3 +168,35 @@ def test_the_graph_reader_sees_every_kind_of_import():
     assert _imported_modules("bloomchat.eval", "from . import cache\n", is_package=True) == {"bloomchat.eval.cache"}
     assert "bloomchat.arena.db" in GRAPH["bloomchat.arena.cli"]  # inside a function, in the real tree
     assert "bloomchat.eval.report" in GRAPH["bloomchat.eval.compare"]
+
+
+def test_no_import_error_guard_around_the_packages_own_modules_or_hints_at_missing_extras():
+    """bloomchat's own modules always ship with it, so `try: from bloomchat... except ImportError`
+    is dead code; an install hint must name an extra pyproject.toml declares."""
+    import re
+    import tomllib
+
+    pyproject = SRC.parent.parent / "pyproject.toml"
+    extras = set(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["optional-dependencies"]) \
+        if pyproject.exists() else None
+    bad, guarded = [], set()
+    for name, path in MODULES.items():
+        text = path.read_text(encoding="utf-8")
+        for extra in re.findall(r"bloomchat\[([a-z0-9_,-]+)\]", text):
+            if extras is not None and not set(extra.split(",")) <= extras:
+                bad.append(f"{name}: install hint for bloomchat[{extra}], no such extra")
+        for node in ast.walk(ast.parse(text)):
+            if not (isinstance(node, ast.Try) and any(
+                    isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                    for h in node.handlers)):
+                continue
+            own = [n.module for b in node.body for n in ast.walk(b)
+                   if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("bloomchat")]
+            own += [a.name for b in node.body for n in ast.walk(b) if isinstance(n, ast.Import)
+                    for a in n.names if a.name.startswith("bloomchat")]
+            if own and name not in ALLOWED_GUARDS:
+                bad.append(f"{name}:{node.lineno} guards an import of bloomchat's own {own}")
+            if own:
+                guarded.add(name)
+    bad += [f"{m} has no guard left: remove it from ALLOWED_GUARDS" for m in ALLOWED_GUARDS - guarded]
+    assert not bad, "; ".join(bad)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import sys
 
 from bloomchat import __version__
 from bloomchat.errors import run_verb  # also reached as bloomchat.cli.run_verb until train/cli.py imports it from errors

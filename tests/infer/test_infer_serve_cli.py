@@ -12,9 +12,7 @@ import time
 import httpx
 import openai
 
-LAUNCH = ("import sys, bloomchat.cli as c\n"
-          "if 'bloomchat.infer.cli' not in c.VERB_MODULES: c.VERB_MODULES.append('bloomchat.infer.cli')\n"
-          "sys.exit(c.main(sys.argv[1:]))")
+LAUNCH = "import sys, bloomchat.cli as c; sys.exit(c.main(sys.argv[1:]))"
 
 
 def test_infer_serve_verb_end_to_end(micro_model_dir):

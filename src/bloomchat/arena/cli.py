@@ -104,11 +104,8 @@ def cmd_import_replies(args) -> int:
 
 def cmd_generate(args) -> int:
     from bloomchat.arena.generate import generate_replies
+    from bloomchat.infer import GenerationParams, load_chat_model
 
-    try:
-        from bloomchat.infer import GenerationParams, load_chat_model
-    except ImportError as e:  # pragma: no cover - infer ships with bloomchat
-        raise BloomchatError(f"generation needs bloomchat.infer: {e}") from None
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)

@@ -45,10 +45,8 @@ def is_gguf(path: Path) -> bool:
 
 def gguf_architecture(path: Path) -> str:
     """`general.architecture` of a GGUF file, read from its header (no tensor is loaded)."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise BloomchatError("reading GGUF needs the `gguf` package: pip install gguf") from None
+    from gguf import GGUFReader  # a dependency: transformers' GGUF loader reads through it too
+
     try:
         field = GGUFReader(str(path)).fields["general.architecture"]
     except KeyError:
