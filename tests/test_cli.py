@@ -44,7 +44,7 @@ def test_shipped_recipes_are_inside_the_package():
 
 def test_a_closed_pipe_is_not_an_error():
     code = ("import argparse, sys\n"
-            "from bloomchat.cli import run_verb\n"
+            "from bloomchat.errors import run_verb\n"
             "def f(a):\n    raise BrokenPipeError\n"
             "sys.exit(run_verb(argparse.Namespace(func=f, verb='pack-show')))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

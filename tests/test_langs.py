@@ -45,3 +45,45 @@ def test_identifier_is_py3langids_model():
 
 def test_oasst_multilingual60_order():
     assert langs.OASST_MULTILINGUAL60_LANGS == ("en", "es", "ru", "de", "fr", "uk", "it", "vi", "zh", "ko", "ja", "th")
+
+
+def test_classify_is_the_shared_identifier_with_probabilities_and_folds_varieties():
+    text = "Bonjour, comment allez-vous aujourd'hui ?"
+    code, p = langs.classify(text)
+    assert code == "fr" and 0.5 < p <= 1.0 and isinstance(p, float)
+    cantonese = "佢哋喺度做緊乜嘢呀？我唔知道佢哋去咗邊度。"
+    raw = langs.classify(cantonese)[0]
+    assert raw == "yue"  # py3langid's own code ...
+    assert langs.classify(cantonese, fold_varieties=True)[0] == "zh"  # ... grouped with Chinese
+
+
+@pytest.mark.parametrize("name, code", [
+    ("devtest.en.txt", "en"),  # FLORES-101 as stored in shared/data
+    ("eng_Latn.devtest", "en"),  # FLORES-200
+    ("newstest22.en-de.de", "de"),  # WMT: the suffix is this side's language, not the pair's first
+    ("newstest22.de-en.en", "en"),
+    ("README.txt", None),
+])
+def test_lang_of_aligned_file(name, code):
+    assert langs.lang_of_aligned_file(f"flores/{name}") == code
+
+
+def test_no_other_module_sets_up_language_id_or_its_own_language_table():
+    import ast
+    from pathlib import Path
+
+    import bloomchat
+
+    src = Path(bloomchat.__file__).parent
+    for f in src.rglob("*.py"):
+        if f.name == "langs.py" and f.parent == src:
+            continue
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not any(m.split(".")[0] in ("py3langid", "langid", "lingua") for m in mods), f"{f}: use bloomchat.langs"
+        for n in ast.walk(tree):  # a dict of language names (two or more) is a second table
+            if isinstance(n, ast.Dict):
+                values = [v.value for v in n.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+                names = [v for v in values if v in set(langs.LANG_NAMES.values())]
+                assert len(names) < 2, f"{f}:{n.lineno}: language names belong in bloomchat.langs.LANG_NAMES"

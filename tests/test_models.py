@@ -34,9 +34,12 @@ def test_special_token_ids_follow_bloom(tiny_tokenizer):
             tiny_tokenizer.pad_token_id) == (0, 1, 2, 3)
 
 
-def test_fingerprint_tells_tokenizers_apart(tiny_tokenizer):
+def test_fingerprint_survives_save_and_load_and_tells_tokenizers_apart(tiny_tokenizer, tmp_path):
+    """Shards record the fingerprint of the tokenizer object that packed them; training compares it
+    with the tokenizer loaded from the model folder, so a save/load round trip must keep it."""
     other = train_bpe_tokenizer(["completely different corpus of text"] * 10, vocab_size=300, min_frequency=1)
-    assert tokenizer_fingerprint(tiny_tokenizer) == tokenizer_fingerprint(tiny_tokenizer)
+    save_pretrained(build_bloom("micro", vocab_size=len(other)), other, tmp_path)
+    assert tokenizer_fingerprint(load_tokenizer(tmp_path)) == tokenizer_fingerprint(other)
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tiny_tokenizer)
 
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import sys
 
 from bloomchat import __version__
-from bloomchat.errors import BloomchatError
+from bloomchat.errors import run_verb  # also reached as bloomchat.cli.run_verb until train/cli.py imports it from errors
 
 #: Modules that define verbs, in pipeline order. A verb appears here only once it works.
 VERB_MODULES: list[str] = [
@@ -52,25 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.verb is None else 2
     return run_verb(args)
-
-
-def run_verb(args: argparse.Namespace) -> int:
-    """Call `args.func(args)`; a BloomchatError becomes one line on stderr and exit 2."""
-    try:
-        rc = args.func(args)
-        return int(rc or 0)
-    except BloomchatError as e:
-        if os.environ.get("BLOOMCHAT_DEBUG"):
-            raise
-        print(f"bloomchat {args.verb}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"bloomchat {args.verb}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `bloomchat pack-show ... | head`: the reader left, nothing is wrong
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ evaluation and arena group the same way. An unknown code is a user error (a typo
 the code came from.
 
 Language ID is py3langid (a dependency; its ~100 MB model ships inside the package, no
-download): `identifier()` builds one per (candidates, norm_probs) and keeps it.
+download): `identifier()` builds one per (candidates, norm_probs) and keeps it; `classify()` is
+the shared one with probabilities, safe to call from the chat server's threads.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +26,9 @@ UNDETERMINED = "und"
 #: Open-Assistant's multilingual-60 prompt set: 12 blocks of the same 5 prompts, in this order
 #: (eval_prompts_oasst_multilingual60/SOURCE.md).
 OASST_MULTILINGUAL60_LANGS: tuple[str, ...] = ("en", "es", "ru", "de", "fr", "uk", "it", "vi", "zh", "ko", "ja", "th")
+
+#: Languages written without spaces between words: text in them is measured in characters.
+NO_SPACE_LANGS: tuple[str, ...] = ("zh", "ja", "th", "my", "km", "lo")
 
 #: ISO 639-1 code -> English name. BLOOM's 46 natural languages are all here (its Niger-Congo
 #: and Indic languages included), plus the languages of the shared evaluation sets.
@@ -131,6 +136,19 @@ def lang_from_path(path) -> str | None:
     return lang_from_path_tokens(tokens[-1]) if tokens and tokens[-1].isalpha() else None
 
 
+def lang_of_aligned_file(path) -> str | None:
+    """The language of one side of a parallel corpus, named by the last dot-separated part of the
+    file name that is a language (devtest.en.txt, eng_Latn.devtest, newstest22.en-de.de -> de: the
+    pair names both sides, the suffix this file's), split and file words skipped."""
+    for part in reversed(Path(path).name.split(".")):
+        if part.lower() in ("txt", "devtest", "dev", "test", "src", "ref"):
+            continue
+        found = lookup_lang(part)
+        if found:
+            return found
+    return None
+
+
 # ------------------------------------------------------------------------------- language ID
 
 
@@ -157,3 +175,18 @@ def langid_name() -> str:
     from importlib.metadata import version
 
     return f"py3langid {version('py3langid')}"
+
+
+#: py3langid's codes for varieties that bloomchat groups under another code.
+LANGID_VARIETIES: dict[str, str] = {"yue": "zh", "wuu": "zh", "nn": "no", "uzs": "uz"}
+_classify_lock = threading.Lock()
+
+
+def classify(text: str, *, fold_varieties: bool = False) -> tuple[str, float]:
+    """(code, probability in [0, 1]) of `text` by py3langid over all its languages; fold_varieties
+    maps LANGID_VARIETIES (Cantonese is counted as Chinese). One model shared by every thread."""
+    with _classify_lock:
+        code, prob = identifier(None, True).classify(text)
+    if fold_varieties:
+        code = LANGID_VARIETIES.get(code, code)
+    return code, float(prob)

@@ -50,7 +50,7 @@ def seed_small(db, langs=("zh", "fr"), n_prompts=4, systems=SYSTEMS, evil=False)
 
 def cli(*argv) -> subprocess.CompletedProcess:
     """Run `bloomchat arena ...` in a subprocess the way a user would (arena verbs registered)."""
-    code = ("import sys, bloomchat.cli as c; c.VERB_MODULES.append('bloomchat.arena.cli'); "
+    code = ("import sys, bloomchat.cli as c; "
             "sys.exit(c.main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, "arena", *map(str, argv)], capture_output=True, text=True, timeout=120)
 
@@ -71,7 +71,7 @@ class Server:
         import httpx
 
         self.port = free_port()
-        code = ("import sys, bloomchat.cli as c; c.VERB_MODULES.append('bloomchat.arena.cli'); "
+        code = ("import sys, bloomchat.cli as c; "
                 "sys.exit(c.main(sys.argv[1:]))")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, "arena", "serve", "--db", self.db, "--port", str(self.port),

@@ -88,7 +88,6 @@ def test_errors_are_one_line_exit_2(tmp_path, dbfile, argv, message, monkeypatch
         argv += ["--db", dbfile]
     import bloomchat.cli as bc
 
-    monkeypatch.setattr(bc, "VERB_MODULES", bc.VERB_MODULES + ["bloomchat.arena.cli"])
     monkeypatch.delenv("BLOOMCHAT_DEBUG", raising=False)
     rc = bc.main(["arena", *argv])
     err = capsys.readouterr().err

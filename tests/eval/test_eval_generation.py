@@ -65,15 +65,19 @@ def _as_dict(r):
     return {"text": r.text, "new_tokens": r.new_tokens, "hit_limit": r.hit_limit}
 
 
-def test_prompt_is_chat_models_segment_ids_not_the_template_string(backend):
-    """The multi-turn prompts carry EOS after the earlier bot reply (as in training), which the
-    tokenised template string does not: the tests below tell the two paths apart."""
+def test_prompt_carries_eos_after_the_earlier_reply_as_in_training(backend):
+    """The multi-turn prompts carry EOS after the earlier bot reply, as the packer wrote it for
+    training; the chat template renders that EOS, so its string tokenises to the same ids."""
     cm = backend.chat_model()
     tok = cm.tokenizer
     for chat in CHATS[1:]:
+        ids = cm.prompt_ids(chat)
         text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        assert cm.prompt_ids(chat) != tok(text, add_special_tokens=False)["input_ids"]
-        assert cm.prompt_ids(chat).count(cm.eos_ids[0]) == 1
+        assert ids == tok(text, add_special_tokens=False)["input_ids"]
+        assert ids.count(cm.eos_ids[0]) == 1
+        reply = tok(" " + chat[-2]["content"], add_special_tokens=False)["input_ids"]
+        i = ids.index(cm.eos_ids[0])
+        assert ids[i - len(reply):i] == reply
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.2])

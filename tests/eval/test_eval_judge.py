@@ -5,12 +5,6 @@ agreement is known, and the whole path with `bloomchat serve` as the judge endpo
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -18,6 +12,7 @@ from bloomchat.arena.db import Assignment, Database, Prompt, Rater, Reply
 from bloomchat.arena.judge_agreement import agreement_by_lang, cohen_kappa, judge_agreement, verdict
 from bloomchat.eval.backends import Reply as GenReply
 from bloomchat.eval.judge import JudgeTask, combine, length_controlled, parse_verdict
+from server_helpers import start_serve
 
 
 def test_parse_and_combine_verdicts():
@@ -167,12 +162,8 @@ def test_judge_agreement_on_votes_of_known_agreement(tmp_path):
     assert few["too_few_votes"] == ["sw"] and few["cannot_stand_in"] == []
 
 
-LAUNCH = ("import sys, bloomchat.cli as c\n"
-          "sys.exit(c.main(sys.argv[1:]))")
-
-
 @pytest.mark.slow
-def test_judge_end_to_end_with_bloomchat_serve_and_arena(micro_model_dir, tmp_path, monkeypatch, capsys):
+def test_judge_end_to_end_with_bloomchat_serve_and_arena(micro_model_dir, tmp_path, capsys):
     """`bloomchat serve` (tiny model) judges two systems exported from an arena database, then
     judge-agreement sets its verdicts beside the arena's votes."""
     from bloomchat.cli import main
@@ -181,27 +172,11 @@ def test_judge_end_to_end_with_bloomchat_serve_and_arena(micro_model_dir, tmp_pa
     db_url = str(tmp_path / "arena.sqlite")
     assert main(["arena", "export-replies", "--db", db_url, "--systems", "base,stage2", "--out",
                  str(tmp_path / "pairs")]) == 0
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "serve", str(micro_model_dir), "--port", "0",
-                             "--served-model-name", "judge", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        url, seen, deadline = None, [], time.time() + 90
-        while url is None and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            url = m.group(1) if m else None
-        assert url, "".join(seen)
-        run = tmp_path / "judge-run"
-        assert main(["eval", "run", "judge", "--backend", "openai", "--base-url", url + "/v1", "--task", "judge",
+    run = tmp_path / "judge-run"
+    with start_serve(micro_model_dir, "--served-model-name", "judge", "--threads", "1") as server:
+        assert main(["eval", "run", "judge", "--backend", "openai", "--base-url", server.url + "/v1", "--task", "judge",
                      "--data", str(tmp_path / "pairs" / "base.jsonl"), "--data-b", str(tmp_path / "pairs" / "stage2.jsonl"),
                      "--max-new-tokens", "8", "--no-progress", "--bootstrap", "50", "-o", str(run)]) == 0
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
     res = json.loads((run / "results.json").read_text(encoding="utf-8"))
     entry = next(iter(res["tasks"].values()))
     assert entry["systems"] == {"a": "base", "b": "stage2"} and entry["n_examples"] == 14

@@ -9,7 +9,7 @@ import pytest
 
 from bloomchat.errors import BloomchatError
 from bloomchat.eval.chat import load_prompts
-from bloomchat.eval.langs import lang_from_path_tokens, normalize_lang
+from bloomchat.langs import lang_from_path_tokens, normalize_lang
 from bloomchat.eval.mc import MCTask, load_mc
 from bloomchat.eval.translation import TranslationTask, load_flores, load_wmt, parse_directions
 

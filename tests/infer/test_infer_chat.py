@@ -15,9 +15,7 @@ import pytest
 
 from bloomchat.infer import GenerationParams, load_chat_model
 
-LAUNCH = ("import sys, bloomchat.cli as c\n"
-          "if 'bloomchat.infer.cli' not in c.VERB_MODULES: c.VERB_MODULES.append('bloomchat.infer.cli')\n"
-          "sys.exit(c.main(sys.argv[1:]))")
+LAUNCH = "import sys, bloomchat.cli as c; sys.exit(c.main(sys.argv[1:]))"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -114,10 +112,9 @@ def test_infer_terminal_chat_bad_model_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("flag", [["--temperature", "-1"], ["--max-new-tokens", "0"], ["--top-k", "-1"]])
-def test_infer_terminal_chat_bad_flags(micro_model_dir, flag, monkeypatch, capsys):
+def test_infer_terminal_chat_bad_flags(micro_model_dir, flag, capsys):
     import bloomchat.cli as cli
 
-    monkeypatch.setattr(cli, "VERB_MODULES", cli.VERB_MODULES + ["bloomchat.infer.cli"])
     assert cli.main(["chat", str(micro_model_dir), *flag]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bloomchat chat: error: flags:") and "\n" not in err

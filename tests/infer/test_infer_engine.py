@@ -11,7 +11,7 @@ import torch
 from bloomchat.errors import BloomchatError
 from bloomchat.infer import GenerationParams, load_chat_model
 from bloomchat.infer.engine import Event
-from infer_helpers import CHATS, scripted_chat_model
+from infer_helpers import CHATS, save_varied_model, scripted_chat_model
 
 GREEDY = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
 PROMPTS = CHATS[:3]
@@ -109,12 +109,28 @@ def test_infer_bad_input_is_a_bloomchat_error(cm):
         load_chat_model("/nonexistent/model")
 
 
-def test_infer_int8_cpu_dynamic_quantization(micro_model_dir):
-    q = load_chat_model(micro_model_dir, quantize="int8", device="cpu")
+def test_infer_int8_cpu_dynamic_quantization(micro_model_dir, tmp_path):
+    """int8 keeps the model's predictions (small KL to fp32) and the engine generates on it exactly as
+    transformers' generate does (on a model whose greedy replies vary, so a wrong path shows)."""
+    varied = save_varied_model(micro_model_dir, tmp_path / "varied")
+    ref = load_chat_model(varied, dtype="float32", device="cpu")
+    q = load_chat_model(varied, quantize="int8", device="cpu")
     try:
         assert any("quantized" in type(m).__module__ for m in q.model.modules())
-        assert isinstance(q.reply(PROMPTS[0], GREEDY), str)
+        ids = torch.tensor([q.prompt_ids(PROMPTS[0]) + q.prompt_ids(PROMPTS[1])])
+        with torch.inference_mode():
+            la = ref.model(ids).logits.float().log_softmax(-1)
+            lb = q.model(ids).logits.float().log_softmax(-1)
+        assert float((la.exp() * (la - lb)).sum(-1).mean()) < 0.05
+        params = GREEDY.replace(repetition_penalty=1.2, max_new_tokens=16)
+        for msgs in PROMPTS:
+            want = _hf_greedy(q, msgs, 16, 1.2)
+            done = threading.Event()
+            h = q.engine.submit(q.prompt_ids(msgs), params, lambda ev: ev.done and done.set(), stop_texts=())
+            assert done.wait(30)
+            assert h._seq.ids == want[:next((i for i, t in enumerate(want) if t in q.eos_ids), len(want))]
     finally:
+        ref.close()
         q.close()
 
 

@@ -1,5 +1,5 @@
 """Never a 500: the chat server under schema-driven fuzzing, hostile strings and numbers, odd headers,
-and a burst beyond --max-queue (issue: the served schema must be the served API)."""
+and a burst beyond --max-queue; the schema it serves must describe the API it serves."""
 
 from __future__ import annotations
 

@@ -5,48 +5,15 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bloomchat.chat_format import render_text
+from bloomchat.data import prepare
 from bloomchat.pack import iter_rows, pack
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
-
-
-def _local_prepare(dolly: Path, oasst: Path, out: Path) -> None:
-    """Fallback when bloomchat.data is missing: Dolly as one exchange, OASST1 best-emoji path per tree."""
-    from bloomchat.conversation import Conversation
-
-    recs = []
-    for line in open(dolly, encoding="utf-8"):
-        d = json.loads(line)
-        q = d["instruction"] + ("\n\n" + d["context"] if d["context"] else "")
-        recs.append({"turns": [{"role": "human", "text": q}, {"role": "bot", "text": d["response"]}],
-                     "source": "dolly", "lang": "en", "id": f"dolly:{d['id']}"})
-    msgs = [json.loads(line) for line in open(oasst, encoding="utf-8")]
-    kids = defaultdict(list)
-    for m in msgs:
-        kids[m["parent_id"]].append(m)
-
-    def score(m):
-        e = dict(zip(m["emojis"]["name"], m["emojis"]["count"])) if m.get("emojis") else {}
-        return e.get("+1", 0) - e.get("-1", 0)
-
-    for root in kids[None]:
-        turns, m = [], root
-        while m is not None:
-            turns.append({"role": "human" if m["role"] == "prompter" else "bot", "text": m["text"]})
-            m = max(kids[m["message_id"]], key=score, default=None)
-        if turns[-1]["role"] == "human":
-            turns.pop()
-        recs.append({"turns": turns, "source": "oasst1", "lang": "en", "id": root["message_id"]})
-    with open(out, "w", encoding="utf-8") as f:
-        for r in recs:
-            f.write(json.dumps(Conversation.from_record(r).to_record(), ensure_ascii=False) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +21,7 @@ def real_prepared(shared_data, tmp_path_factory):
     dolly = shared_data("dolly15k", "databricks-dolly-15k.from-docx.jsonl")
     oasst = shared_data("oasst1", "oasst1_validation_en.messages.jsonl")
     out = tmp_path_factory.mktemp("real") / "dolly_oasst1.jsonl"
-    try:
-        from bloomchat.data import prepare
-    except ImportError:
-        _local_prepare(dolly, oasst, out)
-    else:
-        prepare(out=out, dolly=[dolly], oasst1=[oasst], progress=False)
+    prepare(out=out, dolly=[dolly], oasst1=[oasst], progress=False)
     return out
 
 

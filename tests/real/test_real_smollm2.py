@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+
+from server_helpers import start_serve
 
 pytestmark = pytest.mark.slow
 
@@ -70,38 +66,16 @@ def test_engine_greedy_equals_transformers_generate_and_knows_paris(smollm2_base
         assert "Paris" in cm.reply(FRANCE, params)
 
 
-LAUNCH = "import sys, bloomchat.cli as c; sys.exit(c.main(sys.argv[1:]))"
-
-
 def test_serve_answers_paris_through_openai_client(smollm2_base):
     import openai
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "serve", str(smollm2_base), "--port", "0",
-                             "--served-model-name", "smollm2", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        url, seen = None, []
-        deadline = time.time() + 120
-        while url is None and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            url = m.group(1) if m else None
-        assert url, "".join(seen)
-        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+    with start_serve(smollm2_base, "--served-model-name", "smollm2", "--threads", "1", timeout=120) as server:
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
         r = c.chat.completions.create(model="smollm2", messages=FRANCE, temperature=0, max_tokens=24,
                                       extra_body={"repetition_penalty": 1.0})
         assert "Paris" in r.choices[0].message.content
         assert r.choices[0].finish_reason in ("stop", "length")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
+        assert server.stop() == 0, server.output()
 
 
 def _masked_loss(model_dir, rows) -> float:

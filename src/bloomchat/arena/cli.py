@@ -104,11 +104,8 @@ def cmd_import_replies(args) -> int:
 
 def cmd_generate(args) -> int:
     from bloomchat.arena.generate import generate_replies
+    from bloomchat.infer import GenerationParams, load_chat_model
 
-    try:
-        from bloomchat.infer import GenerationParams, load_chat_model
-    except ImportError as e:  # pragma: no cover - infer ships with bloomchat
-        raise BloomchatError(f"generation needs bloomchat.infer: {e}") from None
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -252,13 +249,8 @@ def cmd_judge_agreement(args) -> int:
     return 0
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("arena", help="human evaluation: blind pairwise votes by native speakers",
-                              description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="arena_cmd", metavar="COMMAND", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", help="database file or URL (default $BLOOMCHAT_ARENA_DB or ./arena.sqlite)")
-
+def _add_setup_commands(sub, common) -> None:
+    """init, import-prompts, import-replies: fill the database."""
     s = sub.add_parser("init", parents=[common], help="create or migrate the database; issue the first admin token")
     s.add_argument("--admin-name", default="admin")
     s.set_defaults(func=cmd_init)
@@ -279,6 +271,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--replace", action="store_true", help="overwrite a system's existing reply to a prompt")
     s.set_defaults(func=cmd_import_replies)
 
+
+def _add_generate_command(sub, common) -> None:
+    """generate: a model's replies to the stored prompts."""
     s = sub.add_parser("generate", parents=[common], help="ask a local model or an OpenAI-compatible endpoint for replies")
     s.add_argument("--system", required=True, help="name the replies are stored under")
     s.add_argument("--model", required=True, help="model folder / hub name, or the endpoint's model name")
@@ -296,6 +291,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--seed", type=int, default=None)
     s.set_defaults(func=cmd_generate)
 
+
+def _add_rater_commands(sub, common) -> None:
+    """add-rater, raters, revoke, serve: the people and the pages they vote on."""
     s = sub.add_parser("add-rater", parents=[common], help="issue a personal token to a rater (or an admin)")
     s.add_argument("name")
     s.add_argument("--langs", help="languages the rater is native in, e.g. zh,fr")
@@ -317,6 +315,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
 
+
+def _add_judge_commands(sub, common) -> None:
+    """export-replies, judge-agreement: an LLM judge measured against the raters."""
     s = sub.add_parser("export-replies", parents=[common],
                        help="two or more systems' replies on the prompts all answered, one JSONL per system")
     s.add_argument("--systems", required=True, help="comma-separated system names, e.g. base,stage2")
@@ -333,6 +334,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples over prompts for the intervals")
     s.set_defaults(func=cmd_judge_agreement)
 
+
+def _add_results_commands(sub, common) -> None:
+    """results, export: the vote tallies, on screen or as files."""
     for name, helptext, fn in (("results", "print the results table (and write files with --out)", cmd_results),
                                ("export", "write results (JSON, CSV, PNG, HTML, raw votes) and/or the prompts", cmd_export)):
         s = sub.add_parser(name, parents=[common], help=helptext)
@@ -344,3 +348,16 @@ def add_parser(subparsers) -> None:
         else:
             s.add_argument("--prompts", help="also write the prompts as JSONL (prompt_id, lang, turns, messages)")
         s.set_defaults(func=fn)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("arena", help="human evaluation: blind pairwise votes by native speakers",
+                              description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="arena_cmd", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", help="database file or URL (default $BLOOMCHAT_ARENA_DB or ./arena.sqlite)")
+    _add_setup_commands(sub, common)
+    _add_generate_command(sub, common)
+    _add_rater_commands(sub, common)
+    _add_judge_commands(sub, common)
+    _add_results_commands(sub, common)

@@ -1,4 +1,4 @@
-"""Data preparation (issue 3): raw OIG / Dolly / OASST1 / users' files -> prepared JSONL.
+"""Data preparation: raw OIG / Dolly / OASST1 / users' files -> prepared JSONL.
 
     bloomchat prepare --dolly databricks-dolly-15k.jsonl -o dolly.jsonl
     bloomchat data-report dolly.jsonl -o report/

@@ -17,7 +17,7 @@ import argparse
 import difflib
 import os
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Optional, Union
 
 from bloomchat.data.filters import FilterConfig

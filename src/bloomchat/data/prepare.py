@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from bloomchat.data import langid
 from bloomchat.data.filters import FilterConfig, Filters
 from bloomchat.data.ledger import Ledger
-from bloomchat.data.options import DEFAULT_OPTIONS, check_options
+from bloomchat.data.options import check_options
 from bloomchat.data.readers import (
     OIG_PER_SOURCE,
     PROSOCIAL_CHECKS,
@@ -64,7 +64,7 @@ def rejects_path(out: Path) -> Path:
     return out.with_name(out.stem + ".rejects.jsonl")
 
 
-def _as_paths(name: str, value: Any) -> list[Path]:
+def _as_paths(value: Any) -> list[Path]:
     if value is None:
         return []
     if isinstance(value, (str, os.PathLike)):
@@ -105,7 +105,7 @@ def prepare(
     out = Path(out)
     inputs: list[tuple[str, Path]] = []
     for kind, value in (("oig", oig), ("dolly", dolly), ("oasst1", oasst1), ("jsonl", jsonl)):
-        inputs += [(kind, check_file(p)) for p in _as_paths(kind, value)]
+        inputs += [(kind, check_file(p)) for p in _as_paths(value)]
     rejects = _check_outputs(out, Path(rejects) if rejects is not None else rejects_path(out), inputs, per_source)
     trees = read_tree_ids(Path(opts["oasst1_trees"])) if opts["oasst1_trees"] is not None else None
     if trees is not None and not oasst1:

@@ -38,36 +38,26 @@ from typing import Sequence
 
 from bloomchat.errors import BloomchatError
 from bloomchat.eval.backends import BLOOMCHAT_SAMPLING, GenParams
-from bloomchat.eval.langs import lang_from_path, normalize_lang
 from bloomchat.eval.metrics import Metric, mean_metric
 from bloomchat.eval.readers import existing, iter_jsonl
 from bloomchat.eval.task import EvalTask, select_by_lang
+from bloomchat.langs import NO_SPACE_LANGS, OASST_MULTILINGUAL60_LANGS, classify, lang_from_path, normalize_lang
 
-OASST60_LANGS = ("en", "es", "ru", "de", "fr", "uk", "it", "vi", "zh", "ko", "ja", "th")
 _TEXT_KEYS = ("text", "query", "question", "prompt", "instruction", "turns")
 _CAT_KEYS = ("category", "label", "class")
-_CHAR_UNIT_LANGS = ("zh", "ja", "th", "my", "km", "lo")
 #: 4-grams: a natural 200-word reply repeats well under 5% of them (set phrases), while a loop of
 #: period p repeats all but the first p of them, so the two regimes are far apart.
 REP_N = 4
 #: More than half of the 4-grams repeated = at least half the reply is copies of earlier text.
 DEGENERATE_THRESHOLD = 0.5
-_LANGID = None
 
 
 # ------------------------------------------------------------------------------- measures
 def detect_lang(text: str) -> tuple[str | None, float]:
     """(ISO code, probability) of a reply's language by py3langid; (None, 0) for empty text."""
-    global _LANGID
     if not text.strip():
         return None, 0.0
-    if _LANGID is None:
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-        _LANGID = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    code, prob = _LANGID.classify(text)
-    code = {"yue": "zh", "wuu": "zh", "nn": "no", "uzs": "uz"}.get(code, code)
-    return code, float(prob)
+    return classify(text, fold_varieties=True)
 
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\u0e00-\u0e7f]")
@@ -76,7 +66,7 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\u0e00-\u0e7f]")
 def text_units(text: str, lang: str | None = None) -> list[str]:
     """Words, or characters (without spaces) for languages written without spaces."""
     stripped = re.sub(r"\s+", "", text)
-    if lang in _CHAR_UNIT_LANGS or (stripped and len(_CJK.findall(stripped)) / len(stripped) > 0.3):
+    if lang in NO_SPACE_LANGS or (stripped and len(_CJK.findall(stripped)) / len(stripped) > 0.3):
         return list(stripped)
     return text.split()
 
@@ -104,7 +94,7 @@ def _load_oasst60(path: Path) -> list[dict]:
     for k, (line, text) in enumerate(rows):
         if not isinstance(text, str) or not text.strip():
             raise BloomchatError("expected a non-empty JSON string", where=f"{path}:{line}")
-        lang = OASST60_LANGS[k // 5]
+        lang = OASST_MULTILINGUAL60_LANGS[k // 5]
         out.append({"id": f"{path.stem}:{line}", "lang": lang, "turns": [text], "category": f"prompt{k % 5 + 1}",
                     "set": path.stem, "where": f"{path}:{line}"})
     return out

@@ -182,11 +182,15 @@ def _gen_params(opts: dict, default, where: str):
     return p.validate(where)  # infer's GenerationParams checks: one place for both stages
 
 
-def make_tasks(opts: dict, where: str = "command line") -> list:
-    """Task objects from one task's options (flags or one entry of a --spec file)."""
-    from bloomchat.eval.backends import BLOOMCHAT_SAMPLING, GenParams
-    from bloomchat.eval.langs import normalize_lang, parse_lang_list
+def _refuse(opts: dict, keys, what: str, where: str) -> None:
+    """A task's option given to a task it does not apply to is an error, not silently ignored."""
+    for k in keys:
+        if k in opts:
+            raise BloomchatError(f"{k} does not apply to {what}", where=where)
 
+
+def _common_task_opts(opts: dict, where: str) -> tuple[str, dict]:
+    """The task kind and the options every task takes (data, format, limit, name), checked."""
     unknown = set(opts) - TASK_KEYS
     if unknown:
         raise BloomchatError(f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(TASK_KEYS))}",
@@ -198,63 +202,61 @@ def make_tasks(opts: dict, where: str = "command line") -> list:
         raise BloomchatError("no evaluation data (--data PATH)", where=where)
     if opts.get("limit") is not None and opts["limit"] < 1:
         raise BloomchatError("limit must be at least 1", where=where)
-    common = {"data": str(data), "format": opts.get("format", "auto"), "limit": opts.get("limit"),
-              "name": opts.get("name") or ""}
-    if kind == "translation":
-        from bloomchat.eval.translation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, TranslationTask, parse_directions
+    return kind, {"data": str(data), "format": opts.get("format", "auto"), "limit": opts.get("limit"),
+                  "name": opts.get("name") or ""}
 
-        for k in ("langs", "norm", "guards", "mc_format"):
-            if k in opts:
-                raise BloomchatError(f"{k} does not apply to translation", where=where)
-        params = _gen_params(opts, GenParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS), where)
-        return [TranslationTask(directions=parse_directions(opts.get("directions"), f"{where} directions"),
-                                split=opts.get("split"), shots=int(opts.get("shots") or 0),
-                                prompt=opts.get("prompt") or DEFAULT_PROMPT, params=params,
-                                first_line=opts.get("first_line", True), bleu_tokenize=opts.get("bleu_tokenize"),
-                                **common)]
-    langs = parse_lang_list(opts.get("langs"), f"{where} langs")
-    lang = normalize_lang(opts["lang"], f"{where} lang") if opts.get("lang") else None
-    if kind == "mc":
-        from bloomchat.eval.mc import MCTask
 
-        for k in ("directions", "guards", "shots"):
-            if k in opts:
-                raise BloomchatError(f"{k} does not apply to multiple choice", where=where)
-        return [MCTask(langs=langs, lang=lang, norm=opts.get("norm", "sum"),
-                       mc_format=opts.get("mc_format", "native"), **common)]
-    for k, only in (("data_b", "judge"), ("prompts", "judge")):
-        if k in opts and kind != only:
-            raise BloomchatError(f"{k} applies to --task {only} only", where=where)
-    if kind == "judge":
-        from bloomchat.eval.judge import JUDGE_PARAMS, JudgeTask
+def _translation_task(opts: dict, common: dict, where: str):
+    from bloomchat.eval.backends import GenParams
+    from bloomchat.eval.translation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, TranslationTask, parse_directions
 
-        for k in ("guards", "shots", "tokenizer", "mc_format", "norm", "directions"):
-            if k in opts:
-                raise BloomchatError(f"{k} does not apply to judge", where=where)
-        common.pop("format")
-        return [JudgeTask(data_b=str(opts.get("data_b") or ""), prompts=opts.get("prompts"), langs=langs,
-                          params=_gen_params(opts, JUDGE_PARAMS, where), **common)]
-    if "tokenizer" in opts and kind != "fertility":
-        raise BloomchatError(f"tokenizer does not apply to {kind}", where=where)
-    for k in ("mc_format", "norm", "directions"):
-        if k in opts:
-            raise BloomchatError(f"{k} does not apply to {kind}", where=where)
-    if kind == "fertility":
-        from bloomchat.eval.fertility import FertilityTask
+    _refuse(opts, ("langs", "norm", "guards", "mc_format"), "translation", where)
+    params = _gen_params(opts, GenParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS), where)
+    return TranslationTask(directions=parse_directions(opts.get("directions"), f"{where} directions"),
+                           split=opts.get("split"), shots=int(opts.get("shots") or 0),
+                           prompt=opts.get("prompt") or DEFAULT_PROMPT, params=params,
+                           first_line=opts.get("first_line", True), bleu_tokenize=opts.get("bleu_tokenize"),
+                           **common)
 
-        for k in ("guards", "shots", "greedy", "temperature", "top_p", "repetition_penalty", "max_new_tokens"):
-            if k in opts:
-                raise BloomchatError(f"{k} does not apply to fertility", where=where)
-        common.pop("format")
-        return [FertilityTask(langs=langs, lang=lang, tokenizer=opts.get("tokenizer"), **common)]
-    if kind == "mgsm":
-        from bloomchat.eval.mgsm import MGSM_PARAMS, MGSMTask
 
-        if "guards" in opts:
-            raise BloomchatError("guards does not apply to mgsm", where=where)
-        common.pop("format")
-        return [MGSMTask(langs=langs, lang=lang, shots=int(opts.get("shots") or 0),
-                         params=_gen_params(opts, MGSM_PARAMS, where), **common)]
+def _mc_task(opts: dict, common: dict, langs, lang, where: str):
+    from bloomchat.eval.mc import MCTask
+
+    _refuse(opts, ("directions", "guards", "shots"), "multiple choice", where)
+    return MCTask(langs=langs, lang=lang, norm=opts.get("norm", "sum"),
+                  mc_format=opts.get("mc_format", "native"), **common)
+
+
+def _judge_task(opts: dict, common: dict, langs, where: str):
+    from bloomchat.eval.judge import JUDGE_PARAMS, JudgeTask
+
+    _refuse(opts, ("guards", "shots", "tokenizer", "mc_format", "norm", "directions"), "judge", where)
+    common.pop("format")
+    return JudgeTask(data_b=str(opts.get("data_b") or ""), prompts=opts.get("prompts"), langs=langs,
+                     params=_gen_params(opts, JUDGE_PARAMS, where), **common)
+
+
+def _fertility_task(opts: dict, common: dict, langs, lang, where: str):
+    from bloomchat.eval.fertility import FertilityTask
+
+    _refuse(opts, ("guards", "shots", "greedy", "temperature", "top_p", "repetition_penalty", "max_new_tokens"),
+            "fertility", where)
+    common.pop("format")
+    return FertilityTask(langs=langs, lang=lang, tokenizer=opts.get("tokenizer"), **common)
+
+
+def _mgsm_task(opts: dict, common: dict, langs, lang, where: str):
+    from bloomchat.eval.mgsm import MGSM_PARAMS, MGSMTask
+
+    _refuse(opts, ("guards",), "mgsm", where)
+    common.pop("format")
+    return MGSMTask(langs=langs, lang=lang, shots=int(opts.get("shots") or 0),
+                    params=_gen_params(opts, MGSM_PARAMS, where), **common)
+
+
+def _chat_tasks(opts: dict, common: dict, langs, lang, where: str) -> list:
+    """One chat task, or two (guards off and on) for guards: both."""
+    from bloomchat.eval.backends import BLOOMCHAT_SAMPLING
     from bloomchat.eval.chat import DEGENERATE_THRESHOLD, ChatTask
 
     params = _gen_params(opts, BLOOMCHAT_SAMPLING, where)
@@ -268,6 +270,32 @@ def make_tasks(opts: dict, where: str = "command line") -> list:
         tasks.append(ChatTask(langs=langs, lang=lang, params=params, guards=arm,
                               degenerate_threshold=float(opts.get("degenerate_threshold", DEGENERATE_THRESHOLD)), **c))
     return tasks
+
+
+def make_tasks(opts: dict, where: str = "command line") -> list:
+    """Task objects from one task's options (flags or one entry of a --spec file)."""
+    from bloomchat.langs import normalize_lang, parse_lang_list
+
+    kind, common = _common_task_opts(opts, where)
+    if kind == "translation":
+        return [_translation_task(opts, common, where)]
+    langs = parse_lang_list(opts.get("langs"), f"{where} langs")
+    lang = normalize_lang(opts["lang"], f"{where} lang") if opts.get("lang") else None
+    if kind == "mc":
+        return [_mc_task(opts, common, langs, lang, where)]
+    for k, only in (("data_b", "judge"), ("prompts", "judge")):
+        if k in opts and kind != only:
+            raise BloomchatError(f"{k} applies to --task {only} only", where=where)
+    if kind == "judge":
+        return [_judge_task(opts, common, langs, where)]
+    if "tokenizer" in opts and kind != "fertility":
+        raise BloomchatError(f"tokenizer does not apply to {kind}", where=where)
+    _refuse(opts, ("mc_format", "norm", "directions"), kind, where)
+    if kind == "fertility":
+        return [_fertility_task(opts, common, langs, lang, where)]
+    if kind == "mgsm":
+        return [_mgsm_task(opts, common, langs, lang, where)]
+    return _chat_tasks(opts, common, langs, lang, where)
 
 
 def _spec_tasks(path: str) -> list:
@@ -348,7 +376,7 @@ def _compare(args) -> int:
 
 
 def _convert(args) -> int:
-    from bloomchat.eval.langs import normalize_lang
+    from bloomchat.langs import normalize_lang
     from bloomchat.eval.mc import load_mc, write_mc_jsonl
 
     lang = normalize_lang(args.lang, "--lang") if args.lang else None

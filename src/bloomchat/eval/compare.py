@@ -19,7 +19,7 @@ from typing import Sequence
 from bloomchat.errors import BloomchatError
 from bloomchat.eval.cache import read_examples, safe_name
 from bloomchat.eval.metrics import DEFAULT_BOOTSTRAP, Metric, paired_delta
-from bloomchat.eval.report import fmt, fmt_delta
+from bloomchat.eval.report import commit_staged, drop_staged, fmt, fmt_delta, runs_chart, staged_path
 
 
 def metrics_for(entry: dict, group: str) -> list[Metric]:
@@ -70,12 +70,8 @@ def _labels(runs: Sequence[str]) -> list[str]:
     return [str(Path(r)) for r in runs]
 
 
-def compare_runs(runs: Sequence[str], out_dir: str | Path | None = None, *,
-                 bootstrap: int = DEFAULT_BOOTSTRAP) -> dict:
-    """{"runs", "tasks": {task: {"values": {group: {metric: {run: m}}}, "deltas": {run: {group: {metric: d}}}}},
-    "markdown"}; written to OUT/compare.{json,md} and OUT/compare_<task>.png when out_dir is given."""
-    loaded = [_load_run(r) for r in runs]
-    labels = _labels(runs)
+def _task_names(loaded: list[dict], runs: Sequence[str]) -> list[str]:
+    """Every task any run holds, in first-seen order."""
     task_names: list[str] = []
     for res in loaded:
         for name in res.get("tasks", {}):
@@ -83,6 +79,145 @@ def compare_runs(runs: Sequence[str], out_dir: str | Path | None = None, *,
                 task_names.append(name)
     if not task_names:
         raise BloomchatError("the runs hold no tasks", where=", ".join(runs))
+    return task_names
+
+
+def _task_values(present: list[tuple]) -> tuple[list[str], list[str], dict]:
+    """(groups, headline metric names, {group: {metric: {run: m}}}) of one task over the runs holding it."""
+    first = present[0][2]
+    info = first.get("metric_info", {})
+    groups: list[str] = []
+    for _, _, e in present:
+        groups += [g for g in e["metrics"] if g not in groups]
+    all_names = [m for m in info] or list(next(iter(first["metrics"].values())))
+    # the tables show the headline metrics; compare.json holds every metric
+    metric_names = [m for m in (first.get("chart_metrics") or all_names) if m in all_names]
+    if first["kind"] == "chat":
+        metric_names += [m for m in ("rep4", "hit_limit") if m in all_names and m not in metric_names]
+    values = {g: {m: {lab: e["metrics"].get(g, {}).get(m) for lab, _, e in present} for m in all_names}
+              for g in groups}
+    return groups, metric_names, values
+
+
+def _values_markdown(present: list[tuple], groups: list[str], metric_names: list[str], values: dict,
+                     info: dict) -> list[str]:
+    """One table per headline metric: groups down, runs across."""
+    md = []
+    for m in metric_names:
+        pct = info.get(m, {}).get("percent", False)
+        md.append(f"**{m}{' (%)' if pct else ''}**")
+        md.append("")
+        md.append("| group | " + " | ".join(lab for lab, _, _ in present) + " |")
+        md.append("|" + "---|" * (len(present) + 1))
+        for g in groups:
+            md.append(f"| {g} | " + " | ".join(fmt(values[g][m][lab], pct) for lab, _, _ in present) + " |")
+        md.append("")
+    return md
+
+
+def _paired_deltas(base: tuple, other: tuple, groups: list[str], metric_names: list[str],
+                   bootstrap: int) -> dict:
+    """{group: {metric: paired delta}} of `other` minus `base`, on the examples both runs scored."""
+    first = base[2]
+    base_recs = _records(base[1], base[2])
+    recs = _records(other[1], other[2])
+    deltas = {}
+    for g in groups:
+        if g == "all":
+            a_ids = [i for i in base_recs if i in recs]
+        else:
+            a_ids = [i for i, x in base_recs.items() if x["group"] == g and i in recs]
+        if len(a_ids) < 2:
+            continue
+        a = [base_recs[i] for i in a_ids]
+        b = [recs[i] for i in a_ids]
+        deltas[g] = {m.name: paired_delta(m, a, b, bootstrap=bootstrap)
+                     for m in metrics_for(first, g if g != "all" else a[0]["group"])
+                     if m.name in metric_names}
+        if g == "all" and first["kind"] == "translation":
+            deltas.pop(g)
+    return deltas
+
+
+def _delta_cell(d: dict, pct: bool) -> str:
+    c = fmt_delta(d, pct)
+    if d.get("p") is not None:
+        c += f" p={d['p']:.3g}{' *' if d.get('significant') else ''}"
+        if d.get("test") == "mcnemar_exact":
+            c += f" ({d['b_only']}:{d['a_only']})"
+    return c
+
+
+def _deltas_markdown(name: str, lab: str, base_label: str, deltas: dict, info: dict,
+                     significant: list[str]) -> list[str]:
+    """The paired-difference table of one run against the baseline; significant ones are added to `significant`."""
+    names = list(next(iter(deltas.values())))
+    md = [f"**{lab} minus {base_label}** (paired; p: two-sided, McNemar's exact test for "
+          f"right/wrong outcomes, else paired bootstrap; * p < 0.05)", "",
+          "| group | n | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+    for g, row in deltas.items():
+        n = next(iter(row.values()))["n"]
+        cells = []
+        for mname in names:
+            d = row[mname]
+            pct = info.get(mname, {}).get("percent", False)
+            if d.get("significant"):
+                significant.append(f"{name} {g} {mname}: {lab} {fmt_delta(d, pct)} vs {base_label} "
+                                   f"(p={d['p']:.3g}, {d['test'].replace('_', ' ')})")
+            cells.append(_delta_cell(d, pct))
+        md.append(f"| {g} | {n} | " + " | ".join(cells) + " |")
+    md.append("")
+    return md
+
+
+def _compare_task(name: str, present: list[tuple], base_label: str, bootstrap: int,
+                  significant: list[str]) -> tuple[dict, list[str]]:
+    """One task's compare.json entry and Markdown section."""
+    first = present[0][2]
+    info = first.get("metric_info", {})
+    groups, metric_names, values = _task_values(present)
+    task_out = {"kind": first["kind"], "values": values, "deltas": {}, "metric_info": info,
+                "chart_metrics": first.get("chart_metrics") or metric_names[:2]}
+    md = [f"## {name} ({first['kind']})", ""]
+    md += _values_markdown(present, groups, metric_names, values, info)
+    # paired differences against the baseline, on the examples both runs scored
+    if present[0][0] == base_label and len(present) > 1:
+        for other in present[1:]:
+            if other[2].get("config", {}).get("data") != first.get("config", {}).get("data"):
+                continue
+            deltas = _paired_deltas(present[0], other, groups, metric_names, bootstrap)
+            task_out["deltas"][other[0]] = deltas
+            if deltas:
+                md += _deltas_markdown(name, other[0], base_label, deltas, info, significant)
+    return task_out, md
+
+
+def _write_compare(out: dict, out_dir: str | Path) -> None:
+    """compare.md, compare.json and a chart per task: all files or none, so a failure keeps the previous
+    comparison intact."""
+    o = Path(out_dir)
+    o.mkdir(parents=True, exist_ok=True)
+    staged = [(staged_path(o / n), o / n) for n in ["compare.md", "compare.json"] +
+              [f"compare_{safe_name(name)}.png" for name in out["tasks"]]]
+    try:
+        staged[0][0].write_text(out["markdown"] + "\n", encoding="utf-8")
+        staged[1][0].write_text(json.dumps({k: v for k, v in out.items() if k != "markdown"}, indent=2,
+                                           ensure_ascii=False) + "\n", encoding="utf-8")
+        for (tmp, _), (name, t) in zip(staged[2:], out["tasks"].items()):
+            runs_chart(name, t, list(out["runs"]), tmp)
+    except BaseException:
+        drop_staged(staged)
+        raise
+    commit_staged(staged)
+
+
+def compare_runs(runs: Sequence[str], out_dir: str | Path | None = None, *,
+                 bootstrap: int = DEFAULT_BOOTSTRAP) -> dict:
+    """{"runs", "tasks": {task: {"values": {group: {metric: {run: m}}}, "deltas": {run: {group: {metric: d}}}}},
+    "markdown"}; written to OUT/compare.{json,md} and OUT/compare_<task>.png when out_dir is given."""
+    loaded = [_load_run(r) for r in runs]
+    labels = _labels(runs)
+    task_names = _task_names(loaded, runs)
     base_label = labels[0]
     out: dict = {"runs": {lab: {"dir": str(Path(r).resolve()), "model": res.get("model")}
                           for lab, r, res in zip(labels, runs, loaded)}, "baseline": base_label, "tasks": {}}
@@ -91,79 +226,8 @@ def compare_runs(runs: Sequence[str], out_dir: str | Path | None = None, *,
     significant: list[str] = []
     for name in task_names:
         present = [(lab, r, res["tasks"][name]) for lab, r, res in zip(labels, runs, loaded) if name in res["tasks"]]
-        first = present[0][2]
-        info = first.get("metric_info", {})
-        groups: list[str] = []
-        for _, _, e in present:
-            groups += [g for g in e["metrics"] if g not in groups]
-        all_names = [m for m in info] or list(next(iter(first["metrics"].values())))
-        # the tables show the headline metrics; compare.json holds every metric
-        metric_names = [m for m in (first.get("chart_metrics") or all_names) if m in all_names]
-        if first["kind"] == "chat":
-            metric_names += [m for m in ("rep4", "hit_limit") if m in all_names and m not in metric_names]
-        values = {g: {m: {lab: e["metrics"].get(g, {}).get(m) for lab, _, e in present} for m in all_names}
-                  for g in groups}
-        task_out = {"kind": first["kind"], "values": values, "deltas": {}, "metric_info": info,
-                    "chart_metrics": first.get("chart_metrics") or metric_names[:2]}
-        md.append(f"## {name} ({first['kind']})")
-        md.append("")
-        for m in metric_names:
-            pct = info.get(m, {}).get("percent", False)
-            md.append(f"**{m}{' (%)' if pct else ''}**")
-            md.append("")
-            md.append("| group | " + " | ".join(lab for lab, _, _ in present) + " |")
-            md.append("|" + "---|" * (len(present) + 1))
-            for g in groups:
-                md.append(f"| {g} | " + " | ".join(fmt(values[g][m][lab], pct) for lab, _, _ in present) + " |")
-            md.append("")
-        # paired differences against the baseline, on the examples both runs scored
-        if present[0][0] == base_label and len(present) > 1:
-            base_recs = _records(present[0][1], present[0][2])
-            for lab, r, e in present[1:]:
-                if e.get("config", {}).get("data") != first.get("config", {}).get("data"):
-                    continue
-                recs = _records(r, e)
-                deltas = {}
-                for g in groups:
-                    if g == "all":
-                        a_ids = [i for i in base_recs if i in recs]
-                    else:
-                        a_ids = [i for i, x in base_recs.items() if x["group"] == g and i in recs]
-                    if len(a_ids) < 2:
-                        continue
-                    a = [base_recs[i] for i in a_ids]
-                    b = [recs[i] for i in a_ids]
-                    deltas[g] = {m.name: paired_delta(m, a, b, bootstrap=bootstrap)
-                                 for m in metrics_for(first, g if g != "all" else a[0]["group"])
-                                 if m.name in metric_names}
-                    if g == "all" and first["kind"] == "translation":
-                        deltas.pop(g)
-                task_out["deltas"][lab] = deltas
-                if deltas:
-                    names = list(next(iter(deltas.values())))
-                    md.append(f"**{lab} minus {base_label}** (paired; p: two-sided, McNemar's exact test for "
-                              f"right/wrong outcomes, else paired bootstrap; * p < 0.05)")
-                    md.append("")
-                    md.append("| group | n | " + " | ".join(names) + " |")
-                    md.append("|" + "---|" * (len(names) + 2))
-                    for g, row in deltas.items():
-                        n = next(iter(row.values()))["n"]
-                        cells = []
-                        for mname in names:
-                            d = row[mname]
-                            pct = info.get(mname, {}).get("percent", False)
-                            c = fmt_delta(d, pct)
-                            if d.get("p") is not None:
-                                c += f" p={d['p']:.3g}{' *' if d.get('significant') else ''}"
-                                if d.get("test") == "mcnemar_exact":
-                                    c += f" ({d['b_only']}:{d['a_only']})"
-                            if d.get("significant"):
-                                significant.append(f"{name} {g} {mname}: {lab} {fmt_delta(d, pct)} vs {base_label} "
-                                                   f"(p={d['p']:.3g}, {d['test'].replace('_', ' ')})")
-                            cells.append(c)
-                        md.append(f"| {g} | {n} | " + " | ".join(cells) + " |")
-                    md.append("")
-        out["tasks"][name] = task_out
+        out["tasks"][name], task_md = _compare_task(name, present, base_label, bootstrap, significant)
+        md += task_md
     if len(loaded) > 1:
         md.append("## Significant differences (p < 0.05, paired)")
         md.append("")
@@ -173,22 +237,7 @@ def compare_runs(runs: Sequence[str], out_dir: str | Path | None = None, *,
     out["significant"] = significant
     out["markdown"] = "\n".join(md)
     if out_dir:
-        from bloomchat.eval.report import _staged, commit_staged, drop_staged
-
-        o = Path(out_dir)
-        o.mkdir(parents=True, exist_ok=True)
-        staged = [(_staged(o / n), o / n) for n in ["compare.md", "compare.json"] +
-                  [f"compare_{safe_name(name)}.png" for name in out["tasks"]]]
-        try:  # all files or none: a failure keeps the previous comparison intact
-            staged[0][0].write_text(out["markdown"] + "\n", encoding="utf-8")
-            staged[1][0].write_text(json.dumps({k: v for k, v in out.items() if k != "markdown"}, indent=2,
-                                               ensure_ascii=False) + "\n", encoding="utf-8")
-            for (tmp, _), (name, t) in zip(staged[2:], out["tasks"].items()):
-                _chart(name, t, list(out["runs"]), tmp)
-        except BaseException:
-            drop_staged(staged)
-            raise
-        commit_staged(staged)
+        _write_compare(out, out_dir)
     return out
 
 
@@ -197,42 +246,3 @@ def _records(run_dir: str, entry: dict) -> dict[str, dict]:
     if not f.exists():
         raise BloomchatError("per-example file missing (needed for paired intervals)", where=str(f))
     return {r["id"]: r for r in read_examples(f)}
-
-
-def _chart(name: str, task: dict, labels: list[str], path: Path, title: str | None = None) -> None:
-    """Grouped bars: groups on x, one bar per run, 95% intervals as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    metrics = task["chart_metrics"]
-    groups = list(task["values"])
-    runs = [lab for lab in labels if any(task["values"][g][metrics[0]].get(lab) for g in groups)]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.9 * len(groups) * max(1, len(runs)) / 2 + 3), 3.2 * len(metrics)),
-                             squeeze=False)
-    width = 0.8 / max(1, len(runs))
-    for ax, m in zip(axes[:, 0], metrics):
-        k = 100.0 if task["metric_info"].get(m, {}).get("percent") else 1.0
-        x = np.arange(len(groups))
-        for j, lab in enumerate(runs):
-            vals, lo, hi = [], [], []
-            for g in groups:
-                e = task["values"][g][m].get(lab) or {}
-                v = e.get("value")
-                vals.append(np.nan if v is None else v * k)
-                ci = e.get("ci95") or [v, v]
-                lo.append(0 if v is None else max(0.0, (v - ci[0]) * k))
-                hi.append(0 if v is None else max(0.0, (ci[1] - v) * k))
-            ax.bar(x + (j - (len(runs) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=2, label=lab)
-        ax.set_xticks(x, groups)
-        ax.set_title(f"{m}{' (%)' if k == 100 else ''}", fontsize=10)
-        if k == 100:  # shares on their full scale (all-zero bars otherwise get a -0.05..0.05 axis)
-            ax.set_ylim(0, 100)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title or f"{name} ({task['kind']}): runs side by side, 95% bootstrap intervals", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -23,7 +23,7 @@ import numpy as np
 
 from bloomchat.data.report import count_tokens, count_units
 from bloomchat.errors import BloomchatError
-from bloomchat.eval.langs import lang_from_path, normalize_lang
+from bloomchat.langs import lang_from_path, normalize_lang
 from bloomchat.eval.metrics import Metric
 from bloomchat.eval.readers import existing, iter_jsonl, read_lines
 from bloomchat.eval.task import EvalTask, select_by_lang

@@ -30,7 +30,7 @@ import numpy as np
 
 from bloomchat.errors import BloomchatError
 from bloomchat.eval.backends import GenParams
-from bloomchat.eval.langs import lang_name, normalize_lang
+from bloomchat.langs import lang_name, normalize_lang
 from bloomchat.eval.metrics import Metric, mean_metric
 from bloomchat.eval.readers import existing, iter_jsonl
 from bloomchat.eval.task import EvalTask, select_by_lang

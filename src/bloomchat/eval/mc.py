@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from bloomchat.errors import BloomchatError
-from bloomchat.eval.langs import lang_from_path, lang_from_path_tokens, normalize_lang
 from bloomchat.eval.metrics import Metric, mean_metric
 from bloomchat.eval.readers import existing, iter_jsonl, read_table
 from bloomchat.eval.task import EvalTask, select_by_lang
+from bloomchat.langs import NO_SPACE_LANGS, lang_from_path, lang_from_path_tokens, normalize_lang
 
 NORMS = ("sum", "mean", "char", "byte")
 FORMATS = ("jsonl", "xnli", "xwinograd", "xstorycloze", "pawsx", "xcopa")
@@ -193,9 +193,6 @@ def convert_pawsx(path: Path, lang: str | None = None) -> list[dict]:
     return items
 
 
-_NO_SPACE_LANGS = ("zh", "ja", "th", "my")
-
-
 def convert_xstorycloze(path: Path, lang: str | None = None) -> list[dict]:
     """XStoryCloze / StoryCloze rows: four sentences, two endings, AnswerRightEnding 1|2
     (original CamelCase headers or the snake_case of the HF copy)."""
@@ -208,7 +205,7 @@ def convert_xstorycloze(path: Path, lang: str | None = None) -> list[dict]:
         label = _label(answer, {}, 3, where) - 1
         if label not in (0, 1):
             raise BloomchatError(f"AnswerRightEnding {answer} out of range (1 or 2)", where=f"{where} field label")
-        sep = "" if lg in _NO_SPACE_LANGS else " "
+        sep = "" if lg in NO_SPACE_LANGS else " "
         items.append({"id": f"xstorycloze-{lg}:{where.rsplit(':', 1)[1]}", "lang": lg, "label": label,
                       "context": sep.join(sents), "choices": [sep + e for e in ends], "where": where})
     return items
@@ -235,7 +232,7 @@ def _pronoun_span(sentence: str, tokens: list[str], pron: list, lang: str) -> tu
         return spans[start][0], spans[end - 1][1]
     ptoks = list(pron[2]) if len(pron) > 2 and pron[2] else [text]
     k = sum(1 for i in range(start) if tokens[i:i + len(ptoks)] == ptoks)
-    word = r"\b" if lang not in _NO_SPACE_LANGS and text[:1].isalnum() else ""
+    word = r"\b" if lang not in NO_SPACE_LANGS and text[:1].isalnum() else ""
     hits = [m.span() for m in re.finditer(word + re.escape(text) + word, sentence)]
     return hits[k] if k < len(hits) else None
 

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from bloomchat.errors import BloomchatError
 from bloomchat.eval.backends import GenParams
-from bloomchat.eval.langs import lang_from_path, normalize_lang
+from bloomchat.langs import lang_from_path, normalize_lang
 from bloomchat.eval.metrics import Metric, mean_metric
 from bloomchat.eval.readers import existing, read_table
 from bloomchat.eval.task import EvalTask, select_by_lang

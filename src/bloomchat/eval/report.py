@@ -133,7 +133,7 @@ def chart(name: str, entry: dict, path: Path, title: str | None = None) -> Path:
     return path
 
 
-def _staged(final: Path) -> Path:
+def staged_path(final: Path) -> Path:
     """A temporary name beside `final` (same folder: the rename is atomic), same suffix for savefig."""
     return final.with_name(f".{final.stem}.tmp{final.suffix}")
 
@@ -157,7 +157,7 @@ def write_report(run_dir: str | Path, results: dict) -> None:
 
     def stage(final: Path) -> Path:
         final.parent.mkdir(parents=True, exist_ok=True)
-        staged.append((_staged(final), final))
+        staged.append((staged_path(final), final))
         return staged[-1][0]
 
     try:
@@ -179,13 +179,51 @@ def write_report(run_dir: str | Path, results: dict) -> None:
 
 def guards_chart(name: str, off: dict, on: dict, path: Path) -> Path:
     """Guards off vs on, side by side per language (the same prompts, the same engine)."""
-    from bloomchat.eval.compare import _chart
-
     metrics = ["in_lang", "degenerate", "rep4"]
     groups = list(on["metrics"])
     values = {g: {m: {"guards off": off["metrics"].get(g, {}).get(m), "guards on": on["metrics"][g].get(m)}
                   for m in metrics} for g in groups}
-    _chart(name, {"kind": "chat", "values": values, "chart_metrics": metrics, "metric_info": on.get("metric_info", {})},
-           ["guards off", "guards on"], path,
-           title=f"{name.replace('.guards-on', '')}\nwhat the guards change (same prompts and seeds), 95% intervals")
+    runs_chart(name, {"kind": "chat", "values": values, "chart_metrics": metrics,
+                      "metric_info": on.get("metric_info", {})},
+               ["guards off", "guards on"], path,
+               title=f"{name.replace('.guards-on', '')}\nwhat the guards change (same prompts and seeds), 95% intervals")
     return path
+
+
+def runs_chart(name: str, task: dict, labels: list[str], path: Path, title: str | None = None) -> None:
+    """Grouped bars: groups on x, one bar per run, 95% intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = task["chart_metrics"]
+    groups = list(task["values"])
+    runs = [lab for lab in labels if any(task["values"][g][metrics[0]].get(lab) for g in groups)]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.9 * len(groups) * max(1, len(runs)) / 2 + 3), 3.2 * len(metrics)),
+                             squeeze=False)
+    width = 0.8 / max(1, len(runs))
+    for ax, m in zip(axes[:, 0], metrics):
+        k = 100.0 if task["metric_info"].get(m, {}).get("percent") else 1.0
+        x = np.arange(len(groups))
+        for j, lab in enumerate(runs):
+            vals, lo, hi = [], [], []
+            for g in groups:
+                e = task["values"][g][m].get(lab) or {}
+                v = e.get("value")
+                vals.append(np.nan if v is None else v * k)
+                ci = e.get("ci95") or [v, v]
+                lo.append(0 if v is None else max(0.0, (v - ci[0]) * k))
+                hi.append(0 if v is None else max(0.0, (ci[1] - v) * k))
+            ax.bar(x + (j - (len(runs) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=2, label=lab)
+        ax.set_xticks(x, groups)
+        ax.set_title(f"{m}{' (%)' if k == 100 else ''}", fontsize=10)
+        if k == 100:  # shares on their full scale (all-zero bars otherwise get a -0.05..0.05 axis)
+            ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"{name} ({task['kind']}): runs side by side, 95% bootstrap intervals", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

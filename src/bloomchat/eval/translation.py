@@ -23,10 +23,10 @@ from typing import Sequence
 
 from bloomchat.errors import BloomchatError
 from bloomchat.eval.backends import GenParams
-from bloomchat.eval.langs import lang_name, lookup_lang, normalize_lang
 from bloomchat.eval.metrics import Metric, mean_metric, sacrebleu_metric
 from bloomchat.eval.readers import existing, field as get_field, iter_jsonl, read_lines
 from bloomchat.eval.task import EvalTask
+from bloomchat.langs import lang_name, lang_of_aligned_file, lookup_lang, normalize_lang
 
 DEFAULT_PROMPT = "Translate the following {src_name} text into {tgt_name}:\n{text}"
 #: Longest FLORES/WMT sentence is ~450 characters; at >= 1 character per BLOOM token for Chinese
@@ -72,17 +72,6 @@ class Pair:
     where: str  # file:line of the source sentence
 
 
-def _lang_of_file(p: Path) -> str | None:
-    parts = p.name.split(".")
-    for part in reversed(parts):
-        if part.lower() in ("txt", "devtest", "dev", "test", "src", "ref"):
-            continue
-        found = lookup_lang(part)
-        if found:
-            return found
-    return None
-
-
 def load_flores(path: str | Path, directions: list[tuple[str, str]] | None, split: str | None = None) -> list[Pair]:
     """Aligned one-sentence-a-line files in a folder; directions default to en <-> each language."""
     root = existing(path, "FLORES folder")
@@ -94,7 +83,7 @@ def load_flores(path: str | Path, directions: list[tuple[str, str]] | None, spli
             continue
         if split and split not in p.name.split("."):
             continue
-        lang = _lang_of_file(p)
+        lang = lang_of_aligned_file(p)
         if lang is None:
             continue
         if lang in files:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bloomchat.errors import BloomchatError
-from bloomchat.eval.langs import lang_from_path, normalize_lang
+from bloomchat.langs import lang_from_path, normalize_lang
 from bloomchat.eval.readers import iter_jsonl
 
 #: (cause, effect) connective per language: the words of lm-evaluation-harness's

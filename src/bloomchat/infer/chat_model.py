@@ -46,7 +46,7 @@ def check_messages(messages, where: str = "messages") -> list[dict[str, str]]:
     return out
 
 
-def context_length(model, tokenizer=None) -> int:
+def context_length(model) -> int:
     cfg = model.config
     for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
         v = getattr(cfg, name, None)
@@ -65,7 +65,7 @@ class ChatModel:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        self.context = context or context_length(model, tokenizer)
+        self.context = context or context_length(model)
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         if eos is None:
             eos = tokenizer.eos_token_id

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
 from bloomchat.errors import BloomchatError
+from bloomchat.langs import classify
 from bloomchat.infer.engine import Event
 from bloomchat.infer.params import GenerationParams
 
@@ -115,10 +116,6 @@ def load_moderator(spec: str | None) -> Moderator | None:
     return obj
 
 
-_identifier = None
-_id_lock = threading.Lock()
-
-
 def _script_language(text: str) -> str | None:
     """zh / ja / ko when the letters are mostly of that script: surer than n-grams on short CJK text."""
     han = kana = hangul = letters = 0
@@ -146,17 +143,10 @@ def _script_language(text: str) -> str | None:
 
 def detect_language(text: str) -> tuple[str, float]:
     """(ISO 639-1 code, probability): CJK by script, the rest by py3langid (normalised probabilities)."""
-    global _identifier
     script = _script_language(text)
     if script:
         return script, 1.0
-    with _id_lock:
-        if _identifier is None:
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-            _identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        lang, prob = _identifier.classify(text)
-    return lang, float(prob)
+    return classify(text)
 
 
 _CODE_RE = re.compile(r"```.*?(```|$)|`[^`]*`", re.DOTALL)

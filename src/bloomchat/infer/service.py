@@ -133,6 +133,10 @@ class ChatService:
         except BloomchatError as e:
             raise ApiError(400, str(e), param="messages") from None
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a reply text in the served model's tokenizer (as `usage` counts a completion)."""
+        return len(self.backend.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     # ---------------------------------------------------------------- generation
     async def events(self, ids: list[int], params: GenerationParams) -> AsyncIterator[Event]:
         """Engine events for one prompt as an async iterator; leaving it cancels generation."""
@@ -158,7 +162,9 @@ class ChatService:
         refusal = session.check_input()
         if refusal is not None:
             yield Event(text=refusal)
-            yield Event(done=True, finish_reason="content_filter", prompt_tokens=len(ids))
+            # nothing was generated, but the refusal is the completion the client gets: usage counts it
+            yield Event(done=True, finish_reason="content_filter", prompt_tokens=len(ids),
+                        completion_tokens=self.count_tokens(refusal))
             return
         while True:
             next_step = None

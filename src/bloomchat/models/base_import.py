@@ -45,10 +45,8 @@ def is_gguf(path: Path) -> bool:
 
 def gguf_architecture(path: Path) -> str:
     """`general.architecture` of a GGUF file, read from its header (no tensor is loaded)."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise BloomchatError("reading GGUF needs the `gguf` package: pip install gguf") from None
+    from gguf import GGUFReader  # a dependency: transformers' GGUF loader reads through it too
+
     try:
         field = GGUFReader(str(path)).fields["general.architecture"]
     except KeyError:
@@ -71,33 +69,6 @@ def _check_output(out: Path, force: bool) -> None:
         raise BloomchatError("output directory is not empty (add --force to overwrite)", where=str(out))
 
 
-def strip_quantization(model) -> dict | None:
-    """Drop the `gguf` quantization mark from a model whose weights are already de-quantised.
-    Returns the removed config (for the record). Other quantization methods hold packed weights:
-    they are de-quantised by transformers when it can, else refused."""
-    qc = getattr(model.config, "quantization_config", None)
-    if qc is None:
-        return None
-    qd = qc if isinstance(qc, dict) else qc.to_dict()
-    method = str(qd.get("quant_method", "")).lower().split(".")[-1]
-    if method != "gguf":
-        try:
-            model.dequantize()
-        except Exception as e:
-            raise BloomchatError(f"checkpoint is quantized with {method!r} and cannot be de-quantised here "
-                                 f"({str(e).splitlines()[0]}); import the unquantized weights") from None
-    for attr in ("hf_quantizer",):
-        if hasattr(model, attr):
-            setattr(model, attr, None)
-    if hasattr(model, "is_quantized"):
-        model.is_quantized = False
-    if hasattr(model, "quantization_method"):
-        model.quantization_method = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return {k: str(getattr(v, "value", v)) for k, v in qd.items()}
-
-
 def _say(msg: str, quiet: bool) -> None:
     if not quiet:
         print(f"[base import] {msg}", file=sys.stderr, flush=True)
@@ -109,7 +80,7 @@ def import_base(src: str | Path, out_dir: str | Path, *, dtype: str = "fp32", fo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bloomchat.models.loading import save_pretrained
+    from bloomchat.models.loading import save_pretrained, strip_quantization
 
     src, out = Path(src).expanduser(), Path(out_dir).expanduser()
     if dtype not in _DTYPES:

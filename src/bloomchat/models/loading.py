@@ -108,9 +108,34 @@ def _drop_gguf_mark(model) -> None:
         return
     method = (qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None))
     if str(getattr(method, "value", method)).lower() == "gguf":
-        from bloomchat.models.base_import import strip_quantization
-
         strip_quantization(model)
+
+
+def strip_quantization(model) -> dict | None:
+    """Drop the `gguf` quantization mark from a model whose weights are already de-quantised.
+    Returns the removed config (for the record). Other quantization methods hold packed weights:
+    they are de-quantised by transformers when it can, else refused."""
+    qc = getattr(model.config, "quantization_config", None)
+    if qc is None:
+        return None
+    qd = qc if isinstance(qc, dict) else qc.to_dict()
+    method = str(qd.get("quant_method", "")).lower().split(".")[-1]
+    if method != "gguf":
+        try:
+            model.dequantize()
+        except Exception as e:
+            raise BloomchatError(f"checkpoint is quantized with {method!r} and cannot be de-quantised here "
+                                 f"({str(e).splitlines()[0]}); import the unquantized weights") from None
+    for attr in ("hf_quantizer",):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    if hasattr(model, "quantization_method"):
+        model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return {k: str(getattr(v, "value", v)) for k, v in qd.items()}
 
 
 def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:

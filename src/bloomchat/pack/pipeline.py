@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -248,6 +249,61 @@ def pack(inputs: str | Path | list, tokenizer, out_dir: str | Path, *, max_seq_l
     return result
 
 
+@dataclass
+class _Tally:
+    """What a pack run counts besides the per-split statistics: lines read and skipped, text fixes,
+    overlong conversations."""
+
+    dropped: Counter = field(default_factory=Counter)
+    changes: Counter = field(default_factory=Counter)
+    examples: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_EXAMPLES skipped lines
+    lines_read: int = 0
+    overlong_convs: int = 0
+    overlong_pieces: int = 0
+    trailing_removed: int = 0
+    boundary_tokens: int = 0
+    changed_records: int = 0
+
+
+def _admit(r: Encoded | Skipped, path: Path, tally: _Tally, skip_invalid: bool) -> bool:
+    """Count one encoded line; False when it is skipped (a line that is no prepared record is an error
+    unless skip_invalid)."""
+    tally.lines_read += 1
+    if r.changes:
+        tally.changed_records += 1
+        tally.changes.update(r.changes)
+    if isinstance(r, Skipped):
+        where = f"{path}:{r.lineno}"
+        if r.reason == INVALID and not skip_invalid:
+            raise BloomchatError(
+                f"{r.message}; a prepared file has one JSON conversation a line with 'turns' "
+                "(run `bloomchat prepare`), or pass --skip-invalid to count and skip such lines",
+                where=where)
+        tally.dropped[r.reason] += 1
+        if len(tally.examples) < MAX_EXAMPLES:
+            tally.examples.append({"where": where, "reason": r.reason, "message": r.message})
+        return False
+    if r.trailing_prompt_tokens:
+        tally.trailing_removed += 1
+    tally.boundary_tokens += r.boundary_tokens
+    return True
+
+
+def _fitted_pieces(r: Encoded, max_seq_length: int, overlong: str, tally: _Tally) -> list[Piece] | None:
+    """The conversation as pieces of at most max_seq_length tokens that carry loss; None when dropped."""
+    if len(r.input_ids) <= max_seq_length:
+        return [Piece(r.input_ids, r.loss_mask)]
+    tally.overlong_convs += 1
+    if overlong == "drop":
+        tally.dropped["overlong"] += 1
+        return None
+    pieces = split_overlong(r, max_seq_length)
+    kept = [p for p in pieces if p.loss_mask.any()]
+    tally.dropped["pieces_without_loss"] += len(pieces) - len(kept)
+    tally.overlong_pieces += len(kept)
+    return kept
+
+
 def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_ratio, num_proc, seed, overlong,
                chat_format, loss_on) -> dict:
     from tqdm.auto import tqdm
@@ -258,11 +314,7 @@ def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_rati
     writers = {s: ShardWriter(out, s, shard_rows=opts["shard_rows"], row_group_rows=opts["row_group_rows"])
                for s in SPLITS}
     stats = {s: SplitStats(max_seq_length) for s in SPLITS}
-    dropped: Counter = Counter()
-    changes: Counter = Counter()
-    examples: list[dict[str, Any]] = []
-    lines_read = 0
-    overlong_convs = overlong_pieces = trailing_removed = boundary_tokens = changed_records = 0
+    tally = _Tally()
 
     def emit(split, rows):
         for row in rows:
@@ -275,38 +327,13 @@ def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_rati
         for path, results, nbytes in _encoded_chunks(files, tok, num_proc, opts["chunk_lines"], chat_format,
                                                      loss_on):
             for r in results:
-                lines_read += 1
-                if r.changes:
-                    changed_records += 1
-                    changes.update(r.changes)
-                if isinstance(r, Skipped):
-                    where = f"{path}:{r.lineno}"
-                    if r.reason == INVALID and not opts["skip_invalid"]:
-                        raise BloomchatError(
-                            f"{r.message}; a prepared file has one JSON conversation a line with 'turns' "
-                            "(run `bloomchat prepare`), or pass --skip-invalid to count and skip such lines",
-                            where=where)
-                    dropped[r.reason] += 1
-                    if len(examples) < MAX_EXAMPLES:
-                        examples.append({"where": where, "reason": r.reason, "message": r.message})
+                if not _admit(r, path, tally, opts["skip_invalid"]):
                     continue
-                if r.trailing_prompt_tokens:
-                    trailing_removed += 1
-                boundary_tokens += r.boundary_tokens
                 split = "dev" if dev_side(r.split_key, seed, dev_ratio) else "train"
-                n = len(r.input_ids)
-                if n > max_seq_length:
-                    overlong_convs += 1
-                    if overlong == "drop":
-                        dropped["overlong"] += 1
-                        continue
-                    pieces = split_overlong(r, max_seq_length)
-                    kept = [p for p in pieces if p.loss_mask.any()]
-                    dropped["pieces_without_loss"] += len(pieces) - len(kept)
-                    overlong_pieces += len(kept)
-                else:
-                    kept = [Piece(r.input_ids, r.loss_mask)]
-                stats[split].add_conversation(n, r.source, r.lang)
+                kept = _fitted_pieces(r, max_seq_length, overlong, tally)
+                if kept is None:
+                    continue
+                stats[split].add_conversation(len(r.input_ids), r.source, r.lang)
                 for piece in kept:
                     stats[split].add_piece(len(piece))
                     emit(split, packers[split].add(piece))
@@ -319,15 +346,11 @@ def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_rati
 
     if stats["train"].sequences == 0:
         raise BloomchatError(
-            f"nothing to train on: {lines_read} records read, skipped {dict(dropped) or 'none'}",
+            f"nothing to train on: {tally.lines_read} records read, skipped {dict(tally.dropped) or 'none'}",
             where=", ".join(str(f) for f in files))
-    elapsed = time.perf_counter() - t0
-    result = _stats_dict(stats, dropped, examples, tok, files, shards, out, lines_read=lines_read,
-                         max_seq_length=max_seq_length, packing=packing, dev_ratio=dev_ratio, seed=seed,
-                         overlong=overlong, overlong_convs=overlong_convs, overlong_pieces=overlong_pieces,
-                         trailing_removed=trailing_removed, window=opts["window"], elapsed=elapsed,
-                         chat_format=chat_format, loss_on=loss_on, boundary_tokens=boundary_tokens,
-                         changes=changes, changed_records=changed_records)
+    result = _stats_dict(stats, tally, tok, files, shards, out, max_seq_length=max_seq_length, packing=packing,
+                         dev_ratio=dev_ratio, seed=seed, overlong=overlong, window=opts["window"],
+                         elapsed=time.perf_counter() - t0, chat_format=chat_format, loss_on=loss_on)
     if opts["plot"]:
         from bloomchat.pack.plot import plot_lengths
 
@@ -336,15 +359,14 @@ def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_rati
     return result
 
 
-def _stats_dict(stats, dropped, examples, tok, files, shards, out, *, lines_read, max_seq_length, packing,
-                dev_ratio, seed, overlong, overlong_convs, overlong_pieces, trailing_removed, window,
-                elapsed, chat_format, loss_on, boundary_tokens, changes, changed_records) -> dict[str, Any]:
+def _stats_dict(stats, tally: _Tally, tok, files, shards, out, *, max_seq_length, packing, dev_ratio, seed,
+                overlong, window, elapsed, chat_format, loss_on) -> dict[str, Any]:
     from bloomchat import __version__
 
     tr, dv = stats["train"], stats["dev"]
     sequences = tr.sequences + dv.sequences
     tokens = tr.tokens + dv.tokens
-    n_dropped = dropped[NO_BOT_TURN] + dropped[INVALID] + dropped["overlong"]
+    n_dropped = tally.dropped[NO_BOT_TURN] + tally.dropped[INVALID] + tally.dropped["overlong"]
     return {
         "format_version": 1,
         "created_by": f"bloomchat {__version__}",
@@ -355,25 +377,25 @@ def _stats_dict(stats, dropped, examples, tok, files, shards, out, *, lines_read
         "padding_fraction": round(1.0 - tokens / (sequences * max_seq_length), 6) if sequences else 0.0,
         "dropped": n_dropped,  # records not trained on at all
         "dropped_by_reason": {
-            NO_BOT_TURN: dropped[NO_BOT_TURN],  # no reply: no loss token
-            INVALID: dropped[INVALID],  # only with skip_invalid
-            "overlong": dropped["overlong"],  # only with overlong="drop"
-            "pieces_without_loss": dropped["pieces_without_loss"],  # prompt-only parts of split ones
+            NO_BOT_TURN: tally.dropped[NO_BOT_TURN],  # no reply: no loss token
+            INVALID: tally.dropped[INVALID],  # only with skip_invalid
+            "overlong": tally.dropped["overlong"],  # only with overlong="drop"
+            "pieces_without_loss": tally.dropped["pieces_without_loss"],  # prompt-only parts of split ones
         },
-        "skipped_examples": examples,
-        "records_read": lines_read,
-        "overlong": {"action": overlong, "conversations": overlong_convs, "pieces_kept": overlong_pieces},
-        "trailing_prompt_turns_removed": trailing_removed,
+        "skipped_examples": tally.examples,
+        "records_read": tally.lines_read,
+        "overlong": {"action": overlong, "conversations": tally.overlong_convs, "pieces_kept": tally.overlong_pieces},
+        "trailing_prompt_turns_removed": tally.trailing_removed,
         "chat_format": chat_format,
         # the template whose rendering these ids are (bloomchat: CHAT_TEMPLATE; base: the tokenizer's own):
         # the trained model's tokenizer must carry it, so engines build the prompts training saw
         "chat_template": CHAT_TEMPLATE if chat_format == "bloomchat" else tok.chat_template,
         "loss_on": loss_on,
         # loss tokens that also cover prompt characters (a merge across a span edge; see chat_tokens)
-        "boundary_tokens": boundary_tokens,
+        "boundary_tokens": tally.boundary_tokens,
         # how the parsed turns trained on differ from the records' verbatim BLOOMChat text
         # (loss_on=replies only; loss_on=conversation trains the verbatim text)
-        "text_changes": {"records": changed_records, "by_reason": {k: changes[k] for k in TEXT_CHANGES}},
+        "text_changes": {"records": tally.changed_records, "by_reason": {k: tally.changes[k] for k in TEXT_CHANGES}},
         "split": {"dev_ratio": dev_ratio, "train": tr.to_dict(), "dev": dv.to_dict()},
         "max_seq_length": max_seq_length,
         "packing": packing,
