@@ -1,9 +1,9 @@
 """`bloomchat train RECIPE.yaml [--resume] [--dry-run] [--set name=value ...]`
 
     bloomchat train recipes/demo.yaml --set workdir=$PWD/bloomchat-demo --dry-run
-    bloomchat train recipes/bloom-560m-lora.yaml --set data=/data/packed
+    bloomchat train recipes/bloom-560m-lora.yaml --set oig=/data/OIG --set oasst1=/data/oasst1.jsonl --set dolly=/data/dolly.jsonl
     accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml -m bloomchat.train \
-        recipes/bloomchat-176b.yaml --set oig=/data/oig --set sft=/data/sft-packed
+        recipes/bloomchat-176b.yaml --set oig=/data/OIG --set oasst1=... --set oasst1_train=... --set dolly=...
     bloomchat train RECIPE.yaml --resume        # after a crash: continues at the latest checkpoint
 """
 
@@ -80,7 +80,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `python -m bloomchat.train` (accelerate launch)."""
-    from bloomchat.cli import run_verb
+    from bloomchat.errors import run_verb
 
     parser = argparse.ArgumentParser(prog="bloomchat train")
     sub = parser.add_subparsers(dest="verb")

@@ -351,10 +351,8 @@ def _parse_data(ctx, d, base, keypath) -> StageData:
 
 
 def _check_prepare(ctx, prepare: dict, d, keypath) -> None:
-    try:
-        from bloomchat.data import DEFAULT_OPTIONS
-    except ImportError:  # pragma: no cover
-        return
+    from bloomchat.data import DEFAULT_OPTIONS
+
     for k in prepare:
         if k not in DEFAULT_OPTIONS:
             raise ctx.err(f"unknown prepare option {k!r}; known: {', '.join(DEFAULT_OPTIONS)}",

@@ -82,10 +82,7 @@ def ensure_packed(recipe: Recipe, stage: Stage, tokenizer, *, accelerator=None) 
 
 
 def _build(recipe: Recipe, stage: Stage, tokenizer, data_dir: Path, out: Path) -> None:
-    try:
-        from bloomchat.data import prepare
-    except ImportError as e:  # pragma: no cover - the data stage ships with the package
-        raise BloomchatError(f"raw sources need bloomchat.data.prepare ({e})") from None
+    from bloomchat.data import prepare
     from bloomchat.pack import pack
 
     d = stage.data
