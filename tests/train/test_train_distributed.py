@@ -172,6 +172,10 @@ def test_fsdp_two_processes_uneven_dev_split_kill_and_resume(tmp_path, micro_mod
     wa = load_file(str(Path(one["final_model_dir"]) / "model.safetensors"))
     wb = load_file(str(tmp_path / "two" / "s" / "model" / "model.safetensors"))
     assert set(wa) == set(wb)  # tied lm_head not written a second time by the gathered export
+    # the gathered export goes through bloomchat's save_pretrained too (context length, RoPE keys)
+    cfg_a = json.loads((Path(one["final_model_dir"]) / "config.json").read_text())
+    cfg_b = json.loads((tmp_path / "two" / "s" / "model" / "config.json").read_text())
+    assert cfg_b == cfg_a and cfg_b["seq_length"] == 2048
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=2e-5, rtol=1e-4)
 

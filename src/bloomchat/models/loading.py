@@ -138,11 +138,12 @@ def strip_quantization(model) -> dict | None:
     return {k: str(getattr(v, "value", v)) for k, v in qd.items()}
 
 
-def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
+def save_pretrained(model, tokenizer, out_dir: str | Path, *, state_dict: dict | None = None) -> Path:
     """Save model (safetensors) and tokenizer (with chat template) in the standard HF layout.
 
     A config without a context-length key gets `seq_length` = 2048, so that vLLM, llama.cpp and
-    TGI agree on the window instead of each guessing its own.
+    TGI agree on the window instead of each guessing its own. `state_dict`: the weights to write
+    when the model object holds only shards (FSDP / ZeRO-3, gathered by the caller).
     """
     # Keys engines read as the context length (vLLM tries all; llama.cpp's converter reads
     # `seq_length` for BLOOM). BLOOM (ALiBi, no position table) was pre-trained on 2048-token
@@ -155,7 +156,7 @@ def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     cfg = getattr(model, "config", None)
     if cfg is not None and not any(getattr(cfg, k, None) for k in length_keys):
         cfg.seq_length = 2048
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict}))
     # transformers 5 keeps RoPE settings only in `rope_parameters`; 4.x (TGI, many users) reads the
     # top-level `rope_theta` / `rope_scaling` and would silently fall back to theta 10000 (SmolLM2
     # uses 100000): write both spellings.

@@ -23,14 +23,9 @@ def untie(state_dict: dict, model) -> dict:
 
 def _write(model, tokenizer, tmp: Path, state_dict: dict | None, card: str) -> None:
     from bloomchat.models import save_pretrained
-    from bloomchat.models.tokenizer import save_tokenizer
 
-    if state_dict is not None:  # sharded weights, gathered: the model object holds only shards
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, state_dict=untie(state_dict, model), safe_serialization=True)
-        save_tokenizer(tokenizer, tmp)
-    else:
-        save_pretrained(model, tokenizer, tmp)
+    # sharded weights, gathered: the model object holds only shards
+    save_pretrained(model, tokenizer, tmp, state_dict=None if state_dict is None else untie(state_dict, model))
     (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
