@@ -194,8 +194,21 @@ def test_openai_backend_requests():
     assert [r.hit_limit for r in replies] == [False, True] and replies[0].new_tokens == 7
     assert {b["max_tokens"] for b in seen} == {16} and {b["temperature"] for b in seen} == {0.0}
     assert all(b["model"] == "bloomchat" for b in seen)
+    # an open engine gets the decoding exactly: its own defaults (bloomchat serve: 1.2 and 50) never apply
+    assert {b["repetition_penalty"] for b in seen} == {1.0} and {b["top_k"] for b in seen} == {0}  # greedy
+    seen.clear()
+    be.generate([[{"role": "user", "content": "Say Hello"}]], GenParams(max_new_tokens=4, temperature=0.8, top_k=7))
+    assert seen[0]["top_k"] == 7 and seen[0]["temperature"] == 0.8
     with pytest.raises(BloomchatError, match="log-likelihoods"):
         be.loglik([("a", "b")])
+    # OpenAI's own API takes neither parameter: left out, and a penalty it cannot apply is refused
+    seen.clear()
+    oa = OpenAIBackend(model="gpt", base_url="https://api.openai.com/v1",
+                       http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    oa.generate([[{"role": "user", "content": "Say Hello"}]], GenParams(max_new_tokens=4))
+    assert "top_k" not in seen[0] and "repetition_penalty" not in seen[0]
+    with pytest.raises(BloomchatError, match="no repetition penalty"):
+        oa.generate([[{"role": "user", "content": "Say Hello"}]], GenParams(max_new_tokens=4, repetition_penalty=1.2))
 
 
 def test_openai_backend_unreachable():

@@ -164,8 +164,12 @@ def test_tokenizer_problem_is_found_before_writing(sharp_bloom_dir, tmp_path):
 def test_modelfile_beside_the_gguf(bloom_f32, sharp_llama_dir, tmp_path):
     mf = (bloom_f32.parent / "Modelfile").read_text()
     assert mf.startswith("FROM ./model.gguf\n")
-    for line in ("PARAMETER temperature 0.8", "PARAMETER top_p 0.9", "PARAMETER repeat_penalty 1.2",
-                 "PARAMETER num_predict 512", 'PARAMETER stop "</s>"'):
+    from bloomchat.infer import GenerationParams
+
+    d = GenerationParams()  # the engine's defaults, in Ollama's names
+    for line in (f"PARAMETER temperature {d.temperature}", f"PARAMETER top_p {d.top_p}", f"PARAMETER top_k {d.top_k}",
+                 f"PARAMETER repeat_penalty {d.repetition_penalty}", f"PARAMETER num_predict {d.max_new_tokens}",
+                 'PARAMETER stop "</s>"'):
         assert line in mf.splitlines()
     assert '{{ else if eq $m.Role "assistant" }}<bot>: {{ $m.Content }}</s>' in mf
     assert mf.split('TEMPLATE """')[1].split('"""')[0].endswith("\n<bot>:")  # the generation prompt

@@ -112,7 +112,8 @@ def cmd_generate(args) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise BloomchatError(f"environment variable {args.api_key_env} is not set", where="--api-key-env")
-    params = GenerationParams(temperature=args.temperature, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+    params = GenerationParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              repetition_penalty=args.repetition_penalty,
                               max_new_tokens=args.max_new_tokens, seed=args.seed).validate("generation flags")
     db = _db(args)
     cm = load_chat_model(args.model, quantize=args.quantize, device=args.device, backend=args.backend,
@@ -287,6 +288,8 @@ def _add_generate_command(sub, common) -> None:
     s.add_argument("--batch-size", type=int, default=16, help="prompts per batch (saved after each)")
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-p", type=float, default=0.9)
+    s.add_argument("--top-k", type=int, default=50, help="keep the k most likely tokens (default 50, as BLOOMChat's "
+                                                         "generate; 0 = off)")
     s.add_argument("--repetition-penalty", type=float, default=1.2)
     s.add_argument("--max-new-tokens", type=int, default=512)
     s.add_argument("--seed", type=int, default=None)

@@ -40,6 +40,7 @@ class GenParams:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int = 0
+    top_k: int = 50  # transformers' generate default, which BLOOMChat sampled with; 0 = off; unused when greedy
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,7 +55,7 @@ class GenParams:
     def _infer(self, seed: int) -> GenerationParams:
         greedy = self.temperature == 0
         return GenerationParams(temperature=self.temperature, top_p=1.0 if greedy else self.top_p,
-                                repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens,
+                                top_k=0 if greedy else self.top_k, repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens,
                                 seed=seed, stop=STOP_STRINGS)
 
     def for_chat(self, chat: Sequence[dict]) -> GenerationParams:
@@ -295,6 +296,18 @@ class OpenAIBackend:
         return {"backend": "openai", "model": self.model, "base_url": self.base_url, "concurrency": self.concurrency,
                 "seeds": SEEDS}
 
+    def _sampling_extras(self, gp: GenerationParams) -> dict:
+        """repetition_penalty and top_k, which are not OpenAI parameters: always sent to an open engine
+        (vLLM and TGI default to 1.0 and no top_k, bloomchat serve to BLOOMChat's 1.2 and 50, so leaving
+        them out would change the decoding); OpenAI's own API rejects unknown parameters, so there they
+        are left out, and a value it cannot honour is refused."""
+        if "api.openai.com" not in (self.base_url or ""):
+            return {"repetition_penalty": gp.repetition_penalty, "top_k": gp.top_k}
+        if gp.repetition_penalty != 1.0:
+            raise BloomchatError("OpenAI's API has no repetition penalty: pass --repetition-penalty 1.0",
+                                 where=self.base_url)
+        return {}
+
     def _client(self):
         from openai import OpenAI
 
@@ -309,9 +322,7 @@ class OpenAIBackend:
 
         def one(chat):
             gp = params.for_chat(chat)  # the per-chat seed local generation uses: bloomchat serve samples alike
-            extra = {}
-            if gp.repetition_penalty != 1.0:
-                extra["repetition_penalty"] = gp.repetition_penalty  # vLLM / TGI / bloomchat serve
+            extra = self._sampling_extras(gp)
             r = client.chat.completions.create(
                 model=self.model, messages=list(chat), max_tokens=gp.max_new_tokens,
                 temperature=gp.temperature, top_p=gp.top_p, seed=gp.seed, extra_body=extra or None)

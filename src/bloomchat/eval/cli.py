@@ -29,7 +29,7 @@ from bloomchat.errors import BloomchatError
 
 TASK_KEYS = {
     "task", "data", "format", "name", "limit", "directions", "split", "shots", "prompt", "bleu_tokenize",
-    "first_line", "langs", "lang", "norm", "mc_format", "guards", "greedy", "temperature", "top_p",
+    "first_line", "langs", "lang", "norm", "mc_format", "guards", "greedy", "temperature", "top_p", "top_k",
     "repetition_penalty", "seed", "max_new_tokens", "degenerate_threshold", "tokenizer",
     "data_b", "prompts",
 }
@@ -106,6 +106,8 @@ def _add_run(sub) -> None:
     g.add_argument("--greedy", action="store_true", help="chat: greedy instead of BLOOMChat's sampling")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens when sampling (default 50, as BLOOMChat's "
+                                             "generate; 0 = off)")
     g.add_argument("--repetition-penalty", type=float)
     g.add_argument("--seed", type=int, help="base sampling seed; each chat samples with its own seed from it "
                                             "and its content (default 0)")
@@ -175,7 +177,7 @@ def _gen_params(opts: dict, default, where: str):
     p = default
     if opts.get("greedy"):
         p = replace(p, temperature=0.0, top_p=1.0)
-    for k in ("temperature", "top_p", "repetition_penalty", "seed", "max_new_tokens"):
+    for k in ("temperature", "top_p", "top_k", "repetition_penalty", "seed", "max_new_tokens"):
         if opts.get(k) is not None:
             p = replace(p, **{k: opts[k]})
     assert isinstance(p, GenParams)
@@ -239,7 +241,7 @@ def _judge_task(opts: dict, common: dict, langs, where: str):
 def _fertility_task(opts: dict, common: dict, langs, lang, where: str):
     from bloomchat.eval.fertility import FertilityTask
 
-    _refuse(opts, ("guards", "shots", "greedy", "temperature", "top_p", "repetition_penalty", "max_new_tokens"),
+    _refuse(opts, ("guards", "shots", "greedy", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens"),
             "fertility", where)
     common.pop("format")
     return FertilityTask(langs=langs, lang=lang, tokenizer=opts.get("tokenizer"), **common)

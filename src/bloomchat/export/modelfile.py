@@ -13,7 +13,8 @@ from bloomchat.chat_format import BOT_TAG, HUMAN_TAG
 
 #: BLOOMChat's sampling defaults (bloomchat.infer.params): temperature 0.8, top_p 0.9,
 #: repetition penalty 1.2, 512 new tokens.
-SAMPLING = (("temperature", 0.8), ("top_p", 0.9), ("repeat_penalty", 1.2), ("num_predict", 512))
+#: bloomchat.infer.GenerationParams' defaults in Ollama's names (tests/export checks they agree).
+SAMPLING = (("temperature", 0.8), ("top_p", 0.9), ("top_k", 50), ("repeat_penalty", 1.2), ("num_predict", 512))
 
 
 def go_template(eos: str) -> str:
