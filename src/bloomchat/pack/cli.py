@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bloomchat.chat_tokens import CHAT_FORMATS, LOSS_ON
-from bloomchat.pack.packers import PACKINGS
-from bloomchat.pack.pipeline import DEFAULT_OPTIONS, OVERLONG
+from bloomchat.pack.options import add_option_flags, options_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -28,27 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("inputs", nargs="+", type=Path, help="prepared JSONL file(s) or directories of them")
     p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer dir or name (the base model's)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    p.add_argument("--max-seq-length", type=int, default=2048, help="tokens per packed row (BLOOMChat: 2048)")
-    p.add_argument("--packing", choices=PACKINGS, default="greedy",
-                   help="greedy (BLOOMChat), full, single, or bfd (best-fit decreasing, least padding)")
-    p.add_argument("--dev-ratio", type=float, default=0.0, help="share of conversations held out as dev")
-    p.add_argument("--num-proc", type=int, default=1, help="tokenizer processes (output is the same for any)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the dev split and of bfd's shuffle")
-    p.add_argument("--overlong", choices=OVERLONG, default="split",
-                   help="conversations longer than --max-seq-length: split into pieces (later pieces train a reply "
-                   "without its prompt), or drop them as BLOOMChat's packing did (counted)")
-    p.add_argument("--chat-format", choices=CHAT_FORMATS, default="bloomchat",
-                   help="bloomchat: BLOOMChat's '<human>: ... <bot>: ...' text (default); base: the tokenizer's own "
-                   "chat template (e.g. SmolLM2's ChatML), loss on its assistant turns")
-    p.add_argument("--loss-on", choices=LOSS_ON, default="replies",
-                   help="replies: loss on each bot reply and its EOS (default); conversation: every token, one EOS "
-                   "at the end, the verbatim text (BLOOMChat's scripts as they ran)")
-    p.add_argument("--window", type=int, default=DEFAULT_OPTIONS["window"],
-                   help="bfd: conversations sorted and packed together")
-    p.add_argument("--shard-rows", type=int, default=DEFAULT_OPTIONS["shard_rows"], help="rows per shard file")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="count and skip lines that are not prepared records instead of failing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_option_flags(p)  # one flag per pack setting, from bloomchat.pack.options.PackOptions
     p.set_defaults(func=_run_pack)
 
     c = subparsers.add_parser("pack-check", help="check that packed shards were made by a tokenizer")
@@ -69,11 +47,7 @@ def add_parser(subparsers) -> None:
 def _run_pack(args: argparse.Namespace) -> int:
     from bloomchat.pack import pack
 
-    s = pack(args.inputs, args.tokenizer, args.out, max_seq_length=args.max_seq_length, packing=args.packing,
-             dev_ratio=args.dev_ratio, num_proc=args.num_proc, seed=args.seed, overlong=args.overlong,
-             chat_format=args.chat_format, loss_on=args.loss_on,
-             window=args.window, shard_rows=args.shard_rows, skip_invalid=args.skip_invalid,
-             progress=not args.no_progress)
+    s = pack(args.inputs, args.tokenizer, args.out, **options_from_args(args))
     tr, dv = s["split"]["train"], s["split"]["dev"]
     print(f"packed {s['conversations']:,} conversations into {s['sequences']:,} rows of <= {s['max_seq_length']} "
           f"tokens ({s['packing']}): train {tr['sequences']:,} rows, dev {dv['sequences']:,} rows")

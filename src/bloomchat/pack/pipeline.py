@@ -27,29 +27,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bloomchat.chat_format import CHAT_TEMPLATE
-from bloomchat.chat_tokens import CHAT_FORMATS, LOSS_ON, check_base_template, check_tokenizer
+from bloomchat.chat_tokens import check_base_template, check_tokenizer
 from bloomchat.errors import BloomchatError
 from bloomchat.pack.encode import (INVALID, NO_BOT_TURN, TEXT_CHANGES, Encoded, Skipped, encode_lines, init_worker,
                                    worker_encode)
-from bloomchat.pack.packers import PACKINGS, Piece, make_packer
-from bloomchat.pack.shards import ROW_GROUP_ROWS, SHARD_ROWS, SPLITS, ShardWriter
+from bloomchat.pack.options import PackOptions
+from bloomchat.pack.packers import Piece, make_packer
+from bloomchat.pack.shards import SPLITS, ShardWriter
 from bloomchat.pack.stats import STATS_FILE, SplitStats, tokenizer_info
 
-OVERLONG = ("split", "drop")
 #: Suffix of `bloomchat prepare`'s rejects file, skipped when a directory is given as input.
 REJECTS_SUFFIX = ".rejects.jsonl"
-#: Options accepted through **options, with defaults.
-DEFAULT_OPTIONS: dict[str, Any] = {
-    # bfd: conversations sorted together; 10,000 x ~176 tokens (Dolly+OASST1 mean) = 1.8M tokens
-    # = ~9 MB of int32 ids + int8 masks held at once
-    "window": 10_000,
-    "chunk_lines": 1_000,      # lines per tokenisation task: 1,000 x ~1.7 kB (Dolly line) = ~1.7 MB
-    "shard_rows": SHARD_ROWS,
-    "row_group_rows": ROW_GROUP_ROWS,
-    "skip_invalid": False,     # count and skip lines that are not prepared records instead of failing
-    "progress": True,          # tqdm bar over input bytes
-    "plot": True,              # OUTDIR/lengths.png
-}
 MAX_EXAMPLES = 10  # skipped lines listed by where in stats.json
 
 
@@ -157,33 +145,6 @@ def split_overlong(enc: Encoded, max_seq_length: int) -> list[Piece]:
             for s in range(0, n, max_seq_length)]
 
 
-def _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, chat_format, loss_on,
-                options) -> dict[str, Any]:
-    if not isinstance(max_seq_length, int) or max_seq_length < 2:
-        raise BloomchatError(f"max_seq_length must be an integer >= 2, not {max_seq_length!r}")
-    if packing not in PACKINGS:
-        raise BloomchatError(f"unknown packing {packing!r}; choose one of {', '.join(PACKINGS)}")
-    if not (0.0 <= float(dev_ratio) < 1.0):
-        raise BloomchatError(f"dev_ratio must be in [0, 1), not {dev_ratio!r}")
-    if not isinstance(num_proc, int) or num_proc < 1:
-        raise BloomchatError(f"num_proc must be a positive integer, not {num_proc!r}")
-    if overlong not in OVERLONG:
-        raise BloomchatError(f"overlong must be one of {', '.join(OVERLONG)}, not {overlong!r}")
-    if chat_format not in CHAT_FORMATS:
-        raise BloomchatError(f"chat_format must be one of {', '.join(CHAT_FORMATS)}, not {chat_format!r}")
-    if loss_on not in LOSS_ON:
-        raise BloomchatError(f"loss_on must be one of {', '.join(LOSS_ON)}, not {loss_on!r}")
-    unknown = set(options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise BloomchatError(f"unknown pack option(s) {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(DEFAULT_OPTIONS)}")
-    opts = {**DEFAULT_OPTIONS, **options}
-    for k in ("window", "chunk_lines", "shard_rows", "row_group_rows"):
-        if not isinstance(opts[k], int) or opts[k] < 1:
-            raise BloomchatError(f"option {k} must be a positive integer, not {opts[k]!r}")
-    return opts
-
-
 #: What a pack run owns in its output directory (replaced as a whole by the next run).
 OUTPUT_ENTRIES = ("train", "dev", "lengths.png")
 
@@ -218,30 +179,32 @@ def _publish(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(tmp)
 
 
-def pack(inputs: str | Path | list, tokenizer, out_dir: str | Path, *, max_seq_length: int = 2048,
-         packing: str = "greedy", dev_ratio: float = 0.0, num_proc: int = 1, seed: int = 0,
-         overlong: str = "split", chat_format: str = "bloomchat", loss_on: str = "replies", **options) -> dict:
+_D = PackOptions()  # the defaults below come from the one declaration of each setting
+
+
+def pack(inputs: str | Path | list, tokenizer, out_dir: str | Path, *, max_seq_length: int = _D.max_seq_length,
+         packing: str = _D.packing, dev_ratio: float = _D.dev_ratio, num_proc: int = _D.num_proc,
+         seed: int = _D.seed, overlong: str = _D.overlong, chat_format: str = _D.chat_format,
+         loss_on: str = _D.loss_on, **options) -> dict:
     """Tokenise and pack prepared files into OUTDIR/{train,dev}/*.parquet; returns stats.json's dict.
 
-    tokenizer: HF tokenizer name/dir or object. packing: greedy | full | single | bfd.
-    overlong: split (cut into max_seq_length pieces; later pieces train a reply without its prompt)
-    | drop (BLOOMChat's packing dropped them). chat_format: bloomchat (`<human>:/<bot>:`, exported
-    template chat_format.CHAT_TEMPLATE) | base (the tokenizer's own chat template). loss_on: replies
-    (each reply + its EOS) | conversation (every token, one EOS at the end: BLOOMChat's scripts as
-    they ran). options: see DEFAULT_OPTIONS.
+    tokenizer: HF tokenizer name/dir or object. Every other setting (its type, default and doc) is
+    declared in bloomchat.pack.options.PackOptions; the common ones are named here (train's
+    stage_data reads them from this signature), the rest (window, shard_rows, progress ...) come
+    through **options.
 
     The run writes into a temporary directory next to OUTDIR and moves into place only when it
     succeeded, so a failing run leaves an earlier output as it was.
     """
-    opts = _check_args(max_seq_length, packing, dev_ratio, num_proc, overlong, chat_format, loss_on, options)
+    opts = PackOptions.check({"max_seq_length": max_seq_length, "packing": packing, "dev_ratio": dev_ratio,
+                              "num_proc": num_proc, "seed": seed, "overlong": overlong, "chat_format": chat_format,
+                              "loss_on": loss_on, **options})
     files = resolve_inputs(inputs)
-    tok = _resolve_tokenizer(tokenizer, chat_format)
+    tok = _resolve_tokenizer(tokenizer, opts.chat_format)
     out = Path(out_dir)
     tmp = _work_dir(out)
     try:
-        result = _pack_into(tmp, files, tok, opts, max_seq_length=max_seq_length, packing=packing,
-                            dev_ratio=dev_ratio, num_proc=num_proc, seed=seed, overlong=overlong,
-                            chat_format=chat_format, loss_on=loss_on)
+        result = _pack_into(tmp, files, tok, opts)
         _publish(tmp, out)
     finally:
         if tmp.exists():
@@ -304,14 +267,14 @@ def _fitted_pieces(r: Encoded, max_seq_length: int, overlong: str, tally: _Tally
     return kept
 
 
-def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_ratio, num_proc, seed, overlong,
-               chat_format, loss_on) -> dict:
+def _pack_into(out: Path, files, tok, opts: PackOptions) -> dict:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    packers = {s: make_packer(packing, max_seq_length, seed=seed + i, window=opts["window"])
+    max_seq_length = opts.max_seq_length
+    packers = {s: make_packer(opts.packing, max_seq_length, seed=opts.seed + i, window=opts.window)
                for i, s in enumerate(SPLITS)}
-    writers = {s: ShardWriter(out, s, shard_rows=opts["shard_rows"], row_group_rows=opts["row_group_rows"])
+    writers = {s: ShardWriter(out, s, shard_rows=opts.shard_rows, row_group_rows=opts.row_group_rows)
                for s in SPLITS}
     stats = {s: SplitStats(max_seq_length) for s in SPLITS}
     tally = _Tally()
@@ -322,15 +285,15 @@ def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_rati
             writers[split].write(row)
 
     total_bytes = sum(f.stat().st_size for f in files)
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pack", disable=not opts["progress"])
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pack", disable=not opts.progress)
     try:
-        for path, results, nbytes in _encoded_chunks(files, tok, num_proc, opts["chunk_lines"], chat_format,
-                                                     loss_on):
+        for path, results, nbytes in _encoded_chunks(files, tok, opts.num_proc, opts.chunk_lines, opts.chat_format,
+                                                     opts.loss_on):
             for r in results:
-                if not _admit(r, path, tally, opts["skip_invalid"]):
+                if not _admit(r, path, tally, opts.skip_invalid):
                     continue
-                split = "dev" if dev_side(r.split_key, seed, dev_ratio) else "train"
-                kept = _fitted_pieces(r, max_seq_length, overlong, tally)
+                split = "dev" if dev_side(r.split_key, opts.seed, opts.dev_ratio) else "train"
+                kept = _fitted_pieces(r, max_seq_length, opts.overlong, tally)
                 if kept is None:
                     continue
                 stats[split].add_conversation(len(r.input_ids), r.source, r.lang)
@@ -348,10 +311,8 @@ def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_rati
         raise BloomchatError(
             f"nothing to train on: {tally.lines_read} records read, skipped {dict(tally.dropped) or 'none'}",
             where=", ".join(str(f) for f in files))
-    result = _stats_dict(stats, tally, tok, files, shards, out, max_seq_length=max_seq_length, packing=packing,
-                         dev_ratio=dev_ratio, seed=seed, overlong=overlong, window=opts["window"],
-                         elapsed=time.perf_counter() - t0, chat_format=chat_format, loss_on=loss_on)
-    if opts["plot"]:
+    result = _stats_dict(stats, tally, tok, files, shards, out, opts, elapsed=time.perf_counter() - t0)
+    if opts.plot:
         from bloomchat.pack.plot import plot_lengths
 
         plot_lengths(result, out / "lengths.png")
@@ -359,10 +320,10 @@ def _pack_into(out: Path, files, tok, opts, *, max_seq_length, packing, dev_rati
     return result
 
 
-def _stats_dict(stats, tally: _Tally, tok, files, shards, out, *, max_seq_length, packing, dev_ratio, seed,
-                overlong, window, elapsed, chat_format, loss_on) -> dict[str, Any]:
+def _stats_dict(stats, tally: _Tally, tok, files, shards, out, opts: PackOptions, *, elapsed) -> dict[str, Any]:
     from bloomchat import __version__
 
+    max_seq_length, chat_format = opts.max_seq_length, opts.chat_format
     tr, dv = stats["train"], stats["dev"]
     sequences = tr.sequences + dv.sequences
     tokens = tr.tokens + dv.tokens
@@ -384,23 +345,24 @@ def _stats_dict(stats, tally: _Tally, tok, files, shards, out, *, max_seq_length
         },
         "skipped_examples": tally.examples,
         "records_read": tally.lines_read,
-        "overlong": {"action": overlong, "conversations": tally.overlong_convs, "pieces_kept": tally.overlong_pieces},
+        "overlong": {"action": opts.overlong, "conversations": tally.overlong_convs,
+                     "pieces_kept": tally.overlong_pieces},
         "trailing_prompt_turns_removed": tally.trailing_removed,
         "chat_format": chat_format,
         # the template whose rendering these ids are (bloomchat: CHAT_TEMPLATE; base: the tokenizer's own):
         # the trained model's tokenizer must carry it, so engines build the prompts training saw
         "chat_template": CHAT_TEMPLATE if chat_format == "bloomchat" else tok.chat_template,
-        "loss_on": loss_on,
+        "loss_on": opts.loss_on,
         # loss tokens that also cover prompt characters (a merge across a span edge; see chat_tokens)
         "boundary_tokens": tally.boundary_tokens,
         # how the parsed turns trained on differ from the records' verbatim BLOOMChat text
         # (loss_on=replies only; loss_on=conversation trains the verbatim text)
         "text_changes": {"records": tally.changed_records, "by_reason": {k: tally.changes[k] for k in TEXT_CHANGES}},
-        "split": {"dev_ratio": dev_ratio, "train": tr.to_dict(), "dev": dv.to_dict()},
+        "split": {"dev_ratio": opts.dev_ratio, "train": tr.to_dict(), "dev": dv.to_dict()},
         "max_seq_length": max_seq_length,
-        "packing": packing,
-        "window": window if packing == "bfd" else None,
-        "seed": seed,
+        "packing": opts.packing,
+        "window": opts.window if opts.packing == "bfd" else None,
+        "seed": opts.seed,
         "tokenizer": tokenizer_info(tok),
         "inputs": [str(f) for f in files],
         "shards": {s: [str(p.relative_to(out)) for p in shards[s]] for s in SPLITS},

@@ -24,6 +24,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from bloomchat.errors import BloomchatError
+from bloomchat.pack.options import LossOn, Overlong, Packing, pack_setting
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${name} or ${name:-default}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -93,13 +94,13 @@ class StageData:
     jsonl: list[Path] = _doc("prepared JSONL files (DEVELOPERS.md contract)", factory=list)
     per_source: int = _doc("at most this many items per source file", 100_000)
     prepare: dict = _doc("extra options of bloomchat.data.prepare", factory=dict)
-    max_seq_length: int = _doc("tokens per packed row", 2048)
-    packing: str = _doc("packing algorithm of bloomchat.pack", "greedy")
-    dev_ratio: float = _doc("share of conversations held out for the dev loss", 0.0)
-    num_proc: int = _doc("tokenisation processes (the result does not depend on it)", 1)
-    loss_on: Literal["replies", "conversation"] = _doc(
-        "tokens with loss: bot replies (BLOOMChat's paper) or the whole conversation (BLOOMChat's scripts)", "replies")
-    overlong: Literal["split", "drop"] = _doc("a conversation longer than max_seq_length: split or drop", "split")
+    # the packing keys: type, default and doc declared once, in bloomchat.pack.options.PackOptions
+    max_seq_length: int = _doc(*pack_setting("max_seq_length"))
+    packing: Packing = _doc(*pack_setting("packing"))
+    dev_ratio: float = _doc(*pack_setting("dev_ratio"))
+    num_proc: int = _doc(*pack_setting("num_proc"))
+    loss_on: LossOn = _doc(*pack_setting("loss_on"))
+    overlong: Overlong = _doc(*pack_setting("overlong"))
 
     @property
     def is_raw(self) -> bool:
