@@ -140,6 +140,12 @@ def test_infer_huge_integers_are_answered_not_crashed(http, field, value):
         assert field in _openai_error(r)["message"]
 
 
+def test_infer_too_long_completion_names_the_field_the_client_sent(http):
+    for field in ("max_tokens", "max_completion_tokens"):  # a case hypothesis found: 2036 fits the schema, not the context
+        r = _chat(http, {"model": "fuzz", "messages": USER, field: 2036})
+        assert r.status_code == 400 and _openai_error(r)["param"] == field and field in _openai_error(r)["message"]
+
+
 @FAST
 @given(header=st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40),
        prefix=st.sampled_from(["", "Bearer ", "bearer ", "Basic "]))

@@ -33,7 +33,8 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     svc.check_model(req.model)
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     ids = svc.chat_prompt(messages)
-    params = svc.params_for(req, req.max_completion_tokens or req.max_tokens, len(ids))
+    field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    params = svc.params_for(req, req.max_completion_tokens or req.max_tokens, len(ids), field)
     ticket = svc.admit(1)
     base = {"id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": req.model}
     if req.stream:

@@ -97,13 +97,16 @@ class ChatService:
         self.requests += 1
         return Ticket(self, n)
 
-    def params_for(self, req: SamplingFields, max_tokens: int | None, n_prompt: int) -> GenerationParams:
+    def params_for(self, req: SamplingFields, max_tokens: int | None, n_prompt: int,
+                   max_tokens_field: str = "max_tokens") -> GenerationParams:
+        """The request's sampling settings over the server's defaults; `max_tokens_field` is the name the
+        client used for the completion length (named in the error when it does not fit)."""
         ctx = self.backend.context
         if max_tokens is not None and n_prompt + max_tokens > ctx:
             raise ApiError(400, f"This model's maximum context length is {ctx} tokens. However, you requested "
                                 f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} for the "
-                                f"completion). Please reduce the prompt or max_tokens.",
-                           param="max_tokens", code="context_length_exceeded")
+                                f"completion). Please reduce the prompt or {max_tokens_field}.",
+                           param=max_tokens_field, code="context_length_exceeded")
         if n_prompt >= ctx:
             raise ApiError(400, f"This model's maximum context length is {ctx} tokens; the prompt alone has "
                                 f"{n_prompt}. Please shorten it.", param="messages", code="context_length_exceeded")
