@@ -64,3 +64,42 @@ def test_cli_data_report(tmp_path, capsys):
     assert bcli.main(["data-report", str(f)]) == 0
     assert (tmp_path / "x.report" / "report.html").exists()
     assert "report.html" in capsys.readouterr().out
+
+
+def test_cli_fertility_per_tokenizer(tmp_path, tiny_tokenizer_dir, capsys):
+    from bloomchat import cli as bcli
+
+    f = write_jsonl(tmp_path / "x.jsonl", [
+        {"prompt": "", "completion": "<human>: Hello there my friend\n<bot>: Hello to you too", "lang": "en"},
+        {"prompt": "", "completion": "<human>: 你好，请介绍一下北京。\n<bot>: 北京是中国的首都。", "lang": "zh"}])
+    assert bcli.main(["data-report", str(f), "-o", str(tmp_path / "r"), "--tokenizer", str(tiny_tokenizer_dir)]) == 0
+    fert = json.loads((tmp_path / "r" / "report.json").read_text())["fertility"]["by_tokenizer"][str(tiny_tokenizer_dir)]
+    from bloomchat.data.report import count_units, fertility
+    from bloomchat.models import load_tokenizer
+
+    assert fert["zh"]["unit"] != fert["en"]["unit"]  # per character in Chinese, per word in English
+    # the CLI's figures are the library's on the same texts and tokenizer
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    en = fertility(tok, {"en": ["Hello there my friend", "Hello to you too"]})["en"]
+    assert fert["en"]["units"] == en["units"] == 8 and fert["en"]["tokens"] == en["tokens"]
+    assert count_units("北京是中国的首都。", "zh")[0] == fert["zh"]["units"] - len("你好，请介绍一下北京。")
+    assert bcli.main(["data-report", str(f), "--tokenizer", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_failing_second_report_leaves_the_first_byte_identical(tmp_path, monkeypatch):
+    from bloomchat.data import report
+
+    f = write_jsonl(tmp_path / "x.jsonl", [{"prompt": "", "completion": "<human>: Hi\n<bot>: Hello"}])
+    data_report(f, tmp_path / "rep")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()}
+
+    def broken(rep, summary, out):
+        (out / "languages.png").write_bytes(b"half a chart")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "_charts", broken)
+    with pytest.raises(OSError):
+        data_report(f, tmp_path / "rep")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep", "x.jsonl"]  # no temp folder left behind

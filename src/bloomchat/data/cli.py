@@ -57,6 +57,11 @@ def add_parser(subparsers, resolve_recipe: Callable[[Path, str | None, dict], di
     )
     r.add_argument("file", type=Path, metavar="FILE", help="prepared JSONL")
     r.add_argument("-o", "--out", type=Path, default=None, metavar="DIR", help="output folder (default FILE-stem.report/)")
+    r.add_argument("--tokenizer", action="append", default=[], metavar="NAME_OR_DIR",
+                   help="tokens per word (per character in zh/ja/th...) of each language under this tokenizer; "
+                   "repeat to compare tokenizers on the same texts")
+    r.add_argument("--fertility-sample", type=int, default=2000, metavar="N",
+                   help="conversations per language the fertility is measured on (default 2000)")
     r.set_defaults(func=run_report)
 
 
@@ -108,6 +113,11 @@ def _top(counts: dict, n: int = 8) -> str:
 def run_report(args: argparse.Namespace) -> int:
     from bloomchat.data.report import data_report
 
-    rep = data_report(args.file, args.out)
+    from bloomchat.models import load_tokenizer
+
+    if args.fertility_sample < 1:
+        raise BloomchatError("must be at least 1", where="--fertility-sample")
+    tokenizers = [(name, load_tokenizer(name)) for name in args.tokenizer]
+    rep = data_report(args.file, args.out, tokenizers=tokenizers, fertility_sample=args.fertility_sample)
     print(f"wrote {rep['html']} ({len(rep['charts'])} charts, {rep['json']})")
     return 0

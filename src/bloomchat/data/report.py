@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import shutil
+import tempfile
 from array import array
 from collections import Counter
 from pathlib import Path
@@ -268,8 +271,28 @@ def data_report(file: Path, out: Path | None = None, tokenizers: list | None = N
             summary = json.loads(sp.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise BloomchatError(f"summary is not valid JSON: {e.msg}", where=f"{sp}:{e.lineno}") from None
-    out.mkdir(parents=True, exist_ok=True)
-    charts = _charts(rep, summary, out)
+    # Everything is written into a temp folder that replaces OUT only once complete: a failing
+    # run leaves the previous report as it was.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        rep = _write_report(file, rep, summary, out, tmp, tokenizers, fertility_sample)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return rep
+
+
+def _write_report(file: Path, rep: dict, summary: dict | None, out: Path, tmp: Path, tokenizers: list | None,
+                  fertility_sample: int) -> dict:
+    """Charts, report.json and report.html into `tmp`, naming their final place in `out`."""
+    charts = _charts(rep, summary, tmp)
     rep.pop("_lengths")
     if summary is not None:
         rep["prepare"] = {k: summary.get(k) for k in
@@ -281,6 +304,6 @@ def data_report(file: Path, out: Path | None = None, tokenizers: list | None = N
     rep["charts"] = [str(out / c) for c in charts]
     rep["json"] = str(out / "report.json")
     rep["html"] = str(out / "report.html")
-    (out / "report.html").write_text(_html(rep, summary, charts), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp / "report.html").write_text(_html(rep, summary, charts), encoding="utf-8")
+    (tmp / "report.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return rep
