@@ -194,8 +194,8 @@ def test_resume_key_keeps_old_path_results_out(backend, tmp_path):
                               "lang": "en"}) + "\n", encoding="utf-8")
     old_model = {k: v for k, v in backend.describe().items() if k not in ("device", "generation", "seeds")}
     tr, mct = TranslationTask(str(pairs)), MCTask(str(mc))
-    for task in (tr, mct):  # run dirs as the old generate() path left them
-        ExampleCache(tmp_path / "run", task.name, {"task": task.config(), "model": old_model})
+    for task in (tr, mct):  # run dirs as the old generate() path left them, with an example made
+        ExampleCache(tmp_path / "run", task.name, {"task": task.config(), "model": old_model}).add([{"id": "1"}])
     with pytest.raises(BloomchatError, match=r"differs in: .*model\.generation"):
         ExampleCache(tmp_path / "run", tr.name, cache_key(tr, backend))
     ExampleCache(tmp_path / "run", mct.name, cache_key(mct, backend))  # scoring did not change: resumes

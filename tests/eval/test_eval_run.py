@@ -96,6 +96,18 @@ def test_resume_refuses_other_configuration(pairs_file, tmp_path):
     assert res["tasks"]["translation-pairs"]["n_examples"] == 3
 
 
+def test_a_run_that_failed_before_its_first_example_does_not_block_the_fixed_one(pairs_file, tmp_path):
+    class Failing(LookupBackend):
+        def generate(self, chats, params):
+            raise BloomchatError("the server has no model 'tpyo'")
+
+    with pytest.raises(BloomchatError, match="tpyo"):
+        run_eval([TranslationTask(str(pairs_file))], Failing(), tmp_path / "r", progress=False)
+    # the corrected run (another backend configuration) needs no --overwrite: nothing was made yet
+    res = run_eval([TranslationTask(str(pairs_file), limit=3)], LookupBackend(), tmp_path / "r", progress=False)
+    assert res["tasks"]["translation-pairs"]["n_examples"] == 3
+
+
 def test_compare_paired(pairs_file, tmp_path):
     run_eval([TranslationTask(str(pairs_file))], LookupBackend(wrong={s for s, _ in SENTENCES[:4]}),
              tmp_path / "base", progress=False)

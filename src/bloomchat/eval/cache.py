@@ -31,7 +31,10 @@ class ExampleCache:
         if overwrite:
             self.path.unlink(missing_ok=True)
             self.config_path.unlink(missing_ok=True)
-        if self.config_path.exists():
+        # A configuration binds the run dir only once an example was made with it: a run that failed
+        # before its first example (a wrong model name on a server, say) does not block the fixed one.
+        made_any = self.path.exists() and self.path.stat().st_size > 0
+        if self.config_path.exists() and made_any:
             old = json.loads(self.config_path.read_text(encoding="utf-8"))
             if old != config_json:
                 a, b = _flat(old), _flat(config_json)
@@ -41,7 +44,9 @@ class ExampleCache:
                     f"(differs in: {', '.join(changed)}); use another -o, or --overwrite to start it again",
                     where=str(self.config_path))
         else:
-            self.config_path.write_text(json.dumps(config_json, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            tmp = self.config_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(config_json, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, self.config_path)
         self.done: dict[str, dict] = {}
         self._load()
 
