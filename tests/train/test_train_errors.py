@@ -97,3 +97,12 @@ def test_model_vocabulary_padded_beyond_the_tokenizer_is_accepted(tmp_path, tiny
     assert len(load_tokenizer(model)) == len(tiny_tokenizer)
     # the card records the --set values the recipe's placeholders were filled with
     assert f"`--set out={tmp_path / 'out'}`" in open(f"{model}/README.md").read()
+
+
+def test_flex_on_cpu_is_refused_before_any_stage_runs(tmp_path, micro_model_dir, tiny_tokenizer):
+    shards = write_shards(tmp_path / "sh", tiny_tokenizer, n_rows=4, seed=0)
+    r = write_recipe(tmp_path / "r.yaml", _one_stage(micro_model_dir, shards, tmp_path / "out", attention="flex"))
+    with pytest.raises(BloomchatError, match="attention 'flex' trains on a CUDA GPU only") as e:
+        run_recipe(r, progress=False)
+    assert e.value.where.endswith("attention")
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -69,6 +69,11 @@ def check_base(recipe: Recipe) -> dict | None:
     stage runs): a quantized base, whose weights `save_pretrained` refuses to write, and LoRA
     target modules the model does not have, checked on the model built on the meta device (no
     weights read). Returns the base's config, or None when it cannot be read here."""
+    import torch
+
+    if recipe.attention == "flex" and not torch.cuda.is_available():  # before any data is prepared
+        raise BloomchatError("attention 'flex' trains on a CUDA GPU only: torch has no FlexAttention backward on "
+                             "CPU; use attention: sdpa here", where=f"{recipe.path} attention")
     cfg = _base_config(recipe)
     if cfg is None:
         return None
