@@ -234,3 +234,35 @@ def test_lora_preference_stage_on_llama(tmp_path, llama, tiny_tokenizer, pairs_f
             assert got == pytest.approx(alone_logps(base, tiny_tokenizer, pairs[pid]), abs=1e-4)
     w0, w1 = load_file(str(llama / "model.safetensors")), load_file(str(Path(st["model_dir"]) / "model.safetensors"))
     assert any(not torch.equal(w0[k], w1[k]) for k in w0 if "q_proj" in k)
+
+
+def test_dev_metrics_per_language_recomputed_from_the_exported_model(sft_then_dpo, tiny_tokenizer, pairs_file):
+    """The dev record's reward accuracy, margins and log-probs = the same numbers recomputed here
+    from the exported model, each held-out pair alone, and the stored reference; the card shows them."""
+    from transformers import AutoModelForCausalLM
+
+    res, tmp, _ = sft_then_dpo
+    dpo = res["stages"][1]
+    sd = tmp / "out" / "dpo"
+    dev = [r for r in read_metrics(Path(dpo["metrics"])) if r["kind"] == "dev"][0]
+    model = AutoModelForCausalLM.from_pretrained(dpo["model_dir"]).eval()
+    pairs = load_pairs(pairs_file)
+    ids = [p for row in pq.read_table(sd / "data" / "pairs" / "dev").column("pair_id").to_pylist() for p in row]
+    ref = np.load(sd / "reference" / "dev.npy")
+    per_lang: dict[str, list] = {}
+    for pid, r in zip(ids, ref):
+        lp = np.array(alone_logps(model, tiny_tokenizer, pairs[pid]))
+        rc, rr = 0.5 * (lp - r)  # beta 0.5
+        per_lang.setdefault(pairs[pid].lang, []).append((rc > rr, rc - rr, lp[0], lp[1]))
+    assert set(per_lang) == set(dev["by_lang"])
+    for lang, vals in per_lang.items():
+        got = dev["by_lang"][lang]
+        acc, margin, c, r = (np.mean([v[i] for v in vals]) for i in range(4))
+        assert got["pairs"] == len(vals) and got["reward_accuracy"] == pytest.approx(acc)
+        assert (got["reward_margin"], got["logps_chosen"], got["logps_rejected"]) == pytest.approx((margin, c, r),
+                                                                                                   abs=1e-4)
+    every = [v for vals in per_lang.values() for v in vals]
+    assert dev["reward_margin"] == pytest.approx(np.mean([v[1] for v in every]), abs=1e-4)
+    card = (Path(dpo["model_dir"]) / "README.md").read_text()
+    assert "## Preference tuning" in card and f"reward accuracy {dev['reward_accuracy']:.3f}" in card
+    assert all(f"| {lang} | {len(v)} |" in card for lang, v in per_lang.items()) and "preference pairs" in card
