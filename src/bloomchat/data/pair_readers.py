@@ -171,9 +171,9 @@ def _oasst_pair(path: list[str], chosen: str, rejected: str, msgs: dict[str, _Ms
 
 # ---------------------------------------------------------------- users' pairs
 
-PAIR_LAYOUTS = ("prompt/chosen/rejected (TRL; strings or message lists), chosen/rejected message lists with a "
-                "shared prompt (TRL implicit prompt), instruction/input/chosen/rejected or an `output` list ranked "
-                "best first (LLaMA-Factory), conversations + chosen/rejected (ShareGPT)")
+PAIR_LAYOUTS = ("prompt/chosen/rejected (TRL, strings or message lists; bloomchat's prepared pairs), chosen/rejected "
+                "message lists with a shared prompt (TRL implicit prompt), instruction/input/chosen/rejected or an "
+                "`output` list ranked best first (LLaMA-Factory), conversations + chosen/rejected (ShareGPT)")
 
 
 def _reply(v: Any, name: str) -> str:
@@ -221,7 +221,8 @@ def user_pairs(v: Any) -> list[tuple[list[Turn], str, str]]:
         prompt = _role_list(items, "conversations", *keys)
     elif "prompt" in v:
         p = v["prompt"]
-        prompt = [Turn("human", p.strip())] if isinstance(p, str) else _role_list(p, "prompt", "role", "content")
+        text_key = "text" if isinstance(p, list) and p and isinstance(p[0], dict) and "content" not in p[0] else "content"
+        prompt = [Turn("human", p.strip())] if isinstance(p, str) else _role_list(p, "prompt", "role", text_key)
     elif isinstance(v["chosen"], list) and isinstance(v["rejected"], list):
         return [_implicit(v)]
     else:
