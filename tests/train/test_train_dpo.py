@@ -266,3 +266,38 @@ def test_dev_metrics_per_language_recomputed_from_the_exported_model(sft_then_dp
     card = (Path(dpo["model_dir"]) / "README.md").read_text()
     assert "## Preference tuning" in card and f"reward accuracy {dev['reward_accuracy']:.3f}" in card
     assert all(f"| {lang} | {len(v)} |" in card for lang, v in per_lang.items()) and "preference pairs" in card
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path, micro_model_dir, pairs_file):
+    """`accelerate launch` with 2 CPU processes: the reference (each process a share of the rows,
+    summed), the per-step losses and reward metrics and the dev metrics equal the 1-process run."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def recipe(out):
+        r = dpo_recipe(micro_model_dir, tmp_path / out, pairs_file)
+        r["defaults"].update(micro_batch_size=1)
+        return r
+
+    one = run_recipe(write_recipe(tmp_path / "one.yaml", recipe("one")), progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_DISABLE_RICH": "1"}
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                        str(repo / "recipes/accelerate/cpu_2proc.yaml"), "-m", "bloomchat.train",
+                        str(write_recipe(tmp_path / "two.yaml", recipe("two")))],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "dpo" / "result.json").read_text())["processes"] == 2
+    for split in ("train", "dev"):
+        np.testing.assert_allclose(np.load(tmp_path / "two" / "dpo" / "reference" / f"{split}.npy"),
+                                   np.load(tmp_path / "one" / "dpo" / "reference" / f"{split}.npy"), atol=1e-5)
+    a = read_metrics(Path(one["stages"][0]["metrics"]))
+    b = read_metrics(tmp_path / "two" / "dpo" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and b[-1]["kind"] == "dev"
+    for x, y in zip(a, b):
+        assert x["pairs"] == y["pairs"] and x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-6)
+        assert x["reward_margin"] == pytest.approx(y["reward_margin"], rel=1e-3, abs=1e-5)
+    assert a[-1]["by_lang"].keys() == b[-1]["by_lang"].keys()
