@@ -6,7 +6,7 @@ import sys
 from bloomchat.cli import VERB_MODULES, build_parser, main
 from bloomchat.demo.workdir import shipped_recipe
 
-VERBS = {"demo", "base", "prepare", "data-report", "pack", "pack-check", "pack-show", "train", "chat", "serve", "eval", "arena", "export"}
+VERBS = {"demo", "base", "prepare", "prepare-pairs", "data-report", "pack", "pack-check", "pack-show", "train", "chat", "serve", "eval", "arena", "export"}
 
 
 def test_help_lists_every_verb():

@@ -21,6 +21,7 @@ VERB_MODULES: list[str] = [
     "bloomchat.demo.cli",
     "bloomchat.models.cli",
     "bloomchat.prepare_cli",  # the data stage's verbs, with `prepare --recipe` resolved above data and train
+    "bloomchat.data.pairs_cli",  # prepare-pairs: preference pairs for a kind: dpo stage
     "bloomchat.pack.cli",
     "bloomchat.train.cli",
     "bloomchat.infer.cli",

@@ -107,3 +107,34 @@ def write_shards(out: Path, tokenizer, *, n_rows: int, seed: int, max_len: int =
              "tokenizer": {"name": "tiny", "vocab_size": vocab, "fingerprint": tokenizer_fingerprint(tokenizer)}}
     (out / "stats.json").write_text(json.dumps(stats))
     return out
+
+
+_PAIR_TOPICS = [
+    ("en", "What is {i} plus {i}?", "It is {s}.", "I do not know, maybe {r}."),
+    ("fr", "Combien font {i} et {i} ?", "Cela fait {s}.", "Aucune idée, {r} peut-être."),
+    ("zh", "{i}加{i}等于多少？", "等于{s}。", "我不知道，也许是{r}。"),
+    ("es", "¿Cuánto es {i} más {i}?", "Es {s}.", "No lo sé, quizá {r}."),
+]
+
+
+def make_pairs(path: Path, n: int, *, seed: int = 0, source: str = "tiny") -> Path:
+    """A prepared-pairs JSONL (bloomchat.data.pairs) of n short pairs in 4 languages: every third
+    has a two-turn prompt (an earlier bot reply, context only), every fifth shares the prompt of
+    the pair before it (as OASST1's best reply against each worse one does)."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        lang, q, good, bad = _PAIR_TOPICS[i % len(_PAIR_TOPICS)]
+        k = rng.randint(1, 40)
+        prompt = [{"role": "human", "text": q.format(i=k)}]
+        if i % 3 == 2:
+            prompt = [{"role": "human", "text": "Hi!"}, {"role": "bot", "text": "Hello."}] + prompt
+        if i % 5 == 4 and rows:
+            prompt, lang = rows[-1]["prompt"], rows[-1]["lang"]
+            k = rows[-1]["meta"]["k"]
+            good = _PAIR_TOPICS[[t[0] for t in _PAIR_TOPICS].index(lang)][2]
+        rows.append({"prompt": prompt, "chosen": good.format(s=2 * k), "rejected": bad.format(r=rng.randint(0, 99)),
+                     "lang": lang, "source": source, "id": f"{source}:{i}", "meta": {"k": k}})
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

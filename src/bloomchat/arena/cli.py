@@ -11,6 +11,7 @@
     bloomchat arena results --ties seed                        # table in the terminal
     bloomchat arena export --out arena-results/                # JSON, CSV, votes, chart PNG, HTML
     bloomchat arena export-replies --systems base,stage2 --out pairs/   # for an LLM judge (eval --task judge)
+    bloomchat arena export-pairs --out arena-pairs.jsonl   # decided votes -> pairs for a kind: dpo stage
     bloomchat arena judge-agreement --judge runs/judge --out agreement/ # the judge vs the raters, per language
 
 Every command takes --db (file path or SQLAlchemy URL such as
@@ -229,6 +230,20 @@ def cmd_export_replies(args) -> int:
     return 0
 
 
+def cmd_export_pairs(args) -> int:
+    from bloomchat.arena.pairs import export_pairs
+
+    db = _db(args)
+    try:
+        res = export_pairs(db, args.out, langs=_langs(args.lang) or None)
+    finally:
+        db.close()
+    langs = ", ".join(f"{k} {v}" for k, v in res["by_lang"].items()) or "none"
+    skipped = ", ".join(f"{k} {v}" for k, v in res["skipped"].items()) or "none"
+    print(f"{res['pairs']} pairs ({langs}) -> {res['out']}; votes left out: {skipped}")
+    return 0
+
+
 def cmd_judge_agreement(args) -> int:
     from bloomchat.arena.judge_agreement import judge_agreement
 
@@ -328,6 +343,12 @@ def _add_judge_commands(sub, common) -> None:
     s.add_argument("--lang", help="only these languages, e.g. zh,fr")
     s.add_argument("--out", required=True, help="folder for <system>.jsonl")
     s.set_defaults(func=cmd_export_replies)
+
+    s = sub.add_parser("export-pairs", parents=[common],
+                       help="decided votes (not ties) as preference pairs for a kind: dpo stage, per language")
+    s.add_argument("--lang", help="only these languages, e.g. zh,fr")
+    s.add_argument("--out", required=True, help="prepared-pairs JSONL to write (rater and vote ids kept)")
+    s.set_defaults(func=cmd_export_pairs)
 
     s = sub.add_parser("judge-agreement", parents=[common],
                        help="an LLM judge's verdicts (eval --task judge) beside the raters' votes, per language")

@@ -121,6 +121,12 @@ class PackedSplit:
         return [{k: np.asarray(got[k][j]) for k in ("input_ids", "loss_mask", "segment_ids")}
                 for j in range(len(index))]
 
+    def batch(self, index: list[int], *, pad_id: int, prompt_loss_weight: float,
+              pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+        """The rows `index` collated for one forward (a preference split adds its pair columns)."""
+        return collate(self.rows(index), pad_id=pad_id, prompt_loss_weight=prompt_loss_weight,
+                       pad_to_multiple_of=pad_to_multiple_of)
+
 
 @dataclass
 class Schedule:

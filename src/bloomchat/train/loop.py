@@ -1,8 +1,9 @@
 """One loss step, shared by training and the dev pass, and the loop that steps the optimizer.
 
 A stage with another objective (a preference stage, DPO) brings its own loss step
-(`LossStep`: model, micro-batch -> weighted sum of token losses) and reuses the loop, the dev
-pass, checkpoints and export as they are.
+(`LossStep`: model, micro-batch -> weighted sum of token losses), a split whose `batch` adds
+what that step reads and whose `stats.weight` is its normaliser, and optionally `metrics`, and
+reuses the loop, the dev pass, checkpoints and export as they are (`preference_stage.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from bloomchat.errors import BloomchatError
 from bloomchat.train.checkpoint import save_checkpoint
-from bloomchat.train.data import GPU_PAD_MULTIPLE, PackedSplit, Schedule, collate
+from bloomchat.train.data import GPU_PAD_MULTIPLE, PackedSplit, Schedule
 from bloomchat.train.mfu import ModelShape, batch_flops, mfu
 from bloomchat.train.packing_attn import packed_forward
 from bloomchat.train.recipe import Recipe, Stage
@@ -61,8 +62,9 @@ def micro_batch(split: PackedSplit, rows, filler, *, pad_id: int, plw: float, de
     as a dummy that the caller weights 0: every process must run the same forwards, because DDP
     syncs gradients and FSDP / ZeRO-3 gather each layer's weights from all ranks."""
     dummy = len(rows) == 0
-    b = collate(split.rows(list(filler if dummy else rows)), pad_id=pad_id, prompt_loss_weight=plw,
-                pad_to_multiple_of=pad_multiple(device))
+    b = split.batch(list(filler if dummy else rows), pad_id=pad_id, prompt_loss_weight=plw,
+                    pad_to_multiple_of=pad_multiple(device))
+    b["dummy"] = dummy  # a loss step that keeps statistics leaves a dummy out of them
     return b, dummy
 
 
@@ -78,8 +80,8 @@ def dev_loss(model, split: PackedSplit, *, micro: int, pad_id: int, plw: float, 
         b, dummy = micro_batch(split, range(start, min(n, start + micro)), [0], pad_id=pad_id, plw=plw,
                                device=device)
         loss_sum = step(model, b, device)
-        if not dummy:
-            tot += torch.tensor([float(loss_sum), float(b["weights"].sum())], dtype=torch.float64)
+        if not dummy:  # normaliser: the batch's own ("norm": pairs of a preference batch) or its token weights
+            tot += torch.tensor([float(loss_sum), float(b.get("norm", b["weights"].sum()))], dtype=torch.float64)
     tot = accelerator.reduce(tot.to(accelerator.device), reduction="sum").cpu()
     model.train()
     return float(tot[0] / tot[1]) if tot[1] > 0 else None
@@ -102,6 +104,10 @@ class StageRun:
     shape: ModelShape
     peak_tflops: float | None  # one device's; None: MFU is not reported
     loss_step: LossStep = loss_step
+    #: statistics the loss step keeps (a preference stage's reward accuracy ...), reduced over the
+    #: processes: called with "train" after every optimizer step on every process, "dev" after the dev pass
+    metrics: Callable[[str], dict] | None = None
+    dev_metrics: dict = field(default_factory=dict)  # metrics("dev") of the stage's dev pass
 
     @property
     def stage(self) -> Stage:
@@ -202,9 +208,10 @@ def train_loop(run: StageRun, start: int, log: MetricsLog, tally: Tally, bar) ->
         tally.loss_tokens += int(acc[2])
         tally.flops_run += float(acc[3])
         speed = throughput(run, tally)
+        extra = run.metrics("train") if run.metrics is not None else {}
         rec = {"kind": "train", "stage": stage.name, "step": step + 1, "epoch": round(run.sched.epoch_of(step + 1), 4),
                "loss": tally.last_loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(acc[1]),
-               "loss_tokens": int(acc[2]), **speed}
+               "loss_tokens": int(acc[2]), **extra, **speed}
         if (step + 1) % stage.log_every_steps == 0 or step + 1 == total:
             log.write(rec)
         bar.update(1)

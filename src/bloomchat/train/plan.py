@@ -112,7 +112,9 @@ def make_plan(recipe: Recipe, world_size: int | None = None) -> dict:
             "name": st.name,
             "init_from": init.get(st.init_from, f"stage {st.init_from}" if any(s.name == st.init_from for s in recipe.stages) else st.init_from),
             "data": ({"shards": str(st.data.shards)} if st.data.shards else
+                     {"pairs": [str(p) for p in st.data.pairs]} if st.data.pairs else
                      {src: [str(p) for p in files] for src, files in st.data.sources().items()}),
+            "kind": st.kind if st.kind == "sft" else f"{st.kind} (loss {st.loss}, beta {st.beta})",
             "epochs": st.epochs,
             "global_batch_size": st.global_batch_size,
             "micro_batch_size": st.micro_batch_size,
@@ -151,7 +153,7 @@ def format_plan(plan: dict) -> str:
            f"  base model: {plan['base_model']}   method: {plan['method']}   precision: {plan['precision']}",
            f"  output: {plan['output_dir']}"]
     for i, s in enumerate(plan["stages"], 1):
-        out.append(f"stage {i}: {s['name']}  (from {s['init_from']})")
+        out.append(f"stage {i}: {s['name']}  (from {s['init_from']})" + (f"  {s['kind']}" if s["kind"] != "sft" else ""))
         for src, files in s["data"].items():
             shown = files if isinstance(files, str) else ", ".join(files[:3]) + (f" (+{len(files) - 3} more)" if len(files) > 3 else "")
             out.append(f"  data {src}: {shown}")

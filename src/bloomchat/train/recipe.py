@@ -101,10 +101,13 @@ class StageData:
     num_proc: int = _doc(*pack_setting("num_proc"))
     loss_on: LossOn = _doc(*pack_setting("loss_on"))
     overlong: Overlong = _doc(*pack_setting("overlong"))
+    pairs: list[Path] = _doc("prepared-pairs JSONL files (bloomchat prepare-pairs; a kind: dpo stage's data)",
+                             factory=list)
 
     @property
     def is_raw(self) -> bool:
-        return self.shards is None
+        """Raw conversation sources that the stage prepares and packs (not shards, not pairs)."""
+        return self.shards is None and not self.pairs
 
     def sources(self) -> dict[str, list[Path]]:
         return {s: list(getattr(self, s)) for s in RAW_SOURCES if getattr(self, s)}
@@ -131,6 +134,16 @@ class Stage:
     keep_checkpoints: int = _doc("checkpoints kept on disk", 2)
     log_every_steps: int = _doc("metrics line interval", 1)
     init_from: str = _doc("previous | base | an earlier stage's name | a model directory", "previous")
+    kind: Literal["sft", "dpo"] = _doc(
+        "sft: next-token loss on replies; dpo: a preference loss on pairs (data.pairs), see `loss`", "sft")
+    loss: Literal["dpo", "ipo", "orpo", "simpo"] = _doc(
+        "preference loss (kind: dpo): dpo and ipo against the stage's initial weights, orpo and simpo without "
+        "a reference", "dpo")
+    beta: float = _doc("dpo/ipo: weight of the tie to the reference (ipo's tau); orpo: lambda of the odds-ratio "
+                       "term; simpo: reward scale (its paper: 2 to 2.5)", 0.1)
+    label_smoothing: float = _doc("dpo/simpo: share of preferences taken as flipped (conservative DPO), in "
+                                  "[0, 0.5)", 0.0)
+    simpo_gamma: float = _doc("simpo: target reward margin gamma", 0.5)
 
 
 @dataclass
@@ -316,15 +329,20 @@ def _read(ctx, cls, mapping, keypath, *, skip=()) -> dict[str, Any]:
 
 
 #: StageData keys that shape the packing (an error next to already packed `shards`).
-_PACK_ONLY = tuple(k for k in recipe_keys(StageData) if k not in (*RAW_SOURCES, "shards", "num_proc"))
+_PACK_ONLY = tuple(k for k in recipe_keys(StageData) if k not in (*RAW_SOURCES, "shards", "num_proc", "pairs"))
+#: Stage keys that only a preference stage (kind: dpo) reads.
+PREFERENCE_KEYS = ("loss", "beta", "label_smoothing", "simpo_gamma")
 
 
 def _parse_data(ctx, d, base, keypath) -> StageData:
     _check_keys(ctx, d, set(recipe_keys(StageData)), keypath)
-    sd = StageData(**_read(ctx, StageData, d, keypath, skip=(*RAW_SOURCES, "shards")))
-    for s in RAW_SOURCES:
+    sd = StageData(**_read(ctx, StageData, d, keypath, skip=(*RAW_SOURCES, "shards", "pairs")))
+    for s in (*RAW_SOURCES, "pairs"):
         if s in d:
             setattr(sd, s, _files(ctx, base, d[s], f"{keypath}.{s}", d, s))
+    if sd.pairs and (sd.sources() or "shards" in d):
+        raise ctx.err("preference 'pairs' are a stage's only data: no shards or oig/dolly/oasst1/jsonl next to "
+                      "them", f"{keypath}.pairs", d, "pairs")
     if "shards" in d:
         if sd.sources():
             raise ctx.err("give either packed 'shards' or raw sources (oig/dolly/oasst1/jsonl), not both",
@@ -338,8 +356,8 @@ def _parse_data(ctx, d, base, keypath) -> StageData:
             if k in d:
                 raise ctx.err("only applies to raw sources; these shards are already packed",
                               f"{keypath}.{k}", d, k)
-    elif not sd.sources():
-        raise ctx.err("names no data: give 'shards' or at least one of oig, dolly, oasst1, jsonl", keypath)
+    elif not sd.sources() and not sd.pairs:
+        raise ctx.err("names no data: give 'shards', 'pairs' or at least one of oig, dolly, oasst1, jsonl", keypath)
     if sd.max_seq_length < 16:
         raise ctx.err("must be at least 16", f"{keypath}.max_seq_length", d, "max_seq_length")
     if not 0.0 <= sd.dev_ratio < 1.0:
@@ -375,6 +393,7 @@ def _parse_stage(ctx, raw, defaults, base, keypath, earlier: list[str], world_si
         return ctx.err(msg, f"{keypath}.{key}", merged, key)
 
     _check_stage(st, bad, earlier, world_size)
+    _check_preference(st, raw, bad, ctx, keypath)
     if st.init_from not in ("previous", "base") and st.init_from not in earlier:
         p = _resolve(base, st.init_from)
         if not (p / "config.json").exists():
@@ -413,6 +432,38 @@ def _check_stage(st: Stage, bad, earlier: list[str], world_size: int) -> None:
             ("log_every_steps", st.log_every_steps >= 1, "must be >= 1")):
         if not ok:
             raise bad(key, msg)
+
+
+def _check_preference(st: Stage, raw, bad, ctx, keypath: str) -> None:
+    """A preference stage's keys, data and ranges; an sft stage may not set them."""
+    d = raw["data"]
+    if st.kind == "sft":
+        for k in PREFERENCE_KEYS:
+            if k in raw:
+                raise bad(k, "applies to a preference stage; set kind: dpo")
+        if st.data.pairs:
+            raise ctx.err("are preference pairs; a stage training on them needs kind: dpo", f"{keypath}.data.pairs",
+                          d, "pairs")
+        return
+    if not st.data.pairs:
+        raise bad("kind", "a kind: dpo stage trains on data.pairs (prepared-pairs JSONL, bloomchat prepare-pairs)")
+    for key, ok, msg in (
+            ("beta", st.beta > 0, "must be > 0"),
+            ("label_smoothing", 0.0 <= st.label_smoothing < 0.5, "must be in [0, 0.5)"),
+            ("label_smoothing", st.label_smoothing == 0.0 or st.loss in ("dpo", "simpo"),
+             f"applies to loss dpo or simpo, not {st.loss}"),
+            ("simpo_gamma", st.simpo_gamma >= 0, "must be >= 0"),
+            ("prompt_loss_weight", st.prompt_loss_weight == 0.0,
+             "must be 0 in a preference stage (the loss is on the two replies only)")):
+        if not ok:
+            raise bad(key, msg)
+    for k in ("loss_on", "overlong"):
+        if k in d:
+            raise ctx.err("does not apply to pairs (loss on the two replies; a pair longer than max_seq_length is "
+                          "dropped and counted)", f"{keypath}.data.{k}", d, k)
+    if st.data.packing not in ("greedy", "single"):
+        raise ctx.err("pairs pack 'greedy' (several pairs a row) or 'single' (one pair a row)",
+                      f"{keypath}.data.packing", d, "packing")
 
 
 def world_size_from_env() -> int:

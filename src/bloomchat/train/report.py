@@ -130,6 +130,39 @@ def _decay_end(st) -> str:
     return f" to {st.lr_end_ratio:g} x lr" if st.lr_schedule != "constant" and st.lr_end_ratio else ""
 
 
+def _unit(data_stats: dict) -> str:
+    return "pairs" if data_stats.get("kind") == "pairs" else "conversations"
+
+
+def _data_lines(data_stats: dict, split: dict) -> list[str]:
+    if data_stats.get("kind") == "pairs":
+        return [f"Training split: {split.get('pairs', '?')} preference pairs (chosen and rejected reply to one "
+                f"prompt, two conversations of one row) packed into {split.get('sequences', '?')} sequences, "
+                f"{split.get('tokens', '?')} tokens ({split.get('loss_tokens', '?')} of them reply tokens, the only "
+                f"ones scored); {data_stats.get('dropped_overlong', 0)} pairs longer than a row left out."]
+    return [f"Training split: {split.get('conversations', '?')} conversations packed into "
+            f"{split.get('sequences', '?')} sequences, {split.get('tokens', '?')} tokens "
+            f"({split.get('loss_tokens', '?')} of them bot reply tokens, the only ones with loss)."]
+
+
+def _preference_lines(stage, result: dict) -> list[str]:
+    """The preference section of a kind: dpo stage's card: objective and held-out reward accuracy."""
+    if getattr(stage, "kind", "sft") == "sft":
+        return []
+    ref = {"dpo": "the stage's initial weights", "ipo": "the stage's initial weights"}.get(stage.loss, "none")
+    knobs = f"beta {stage.beta}" + (f", label smoothing {stage.label_smoothing}" if stage.label_smoothing else "") + \
+        (f", gamma {stage.simpo_gamma}" if stage.loss == "simpo" else "")
+    dev = result.get("dev_metrics") or {}
+    out = ["## Preference tuning", "", f"- loss: {stage.loss} ({knobs}); reference model: {ref}"]
+    if dev:
+        out += [f"- held-out pairs: {dev['pairs']}, reward accuracy {dev['reward_accuracy']:.3f}, mean reward "
+                f"margin {dev['reward_margin']:.4f}", "", "| language | pairs | reward accuracy | reward margin |",
+                "|---|---|---|---|"]
+        out += [f"| {lang} | {v['pairs']} | {v['reward_accuracy']:.3f} | {v['reward_margin']:.4f} |"
+                for lang, v in sorted((dev.get("by_lang") or {}).items())]
+    return out + [""]
+
+
 def model_card(*, recipe, stage, data_stats: dict, prepare_summary: dict | None,
                result: dict, lineage: list[dict[str, Any]] | None = None) -> str:
     """README.md of a stage's model: what it was trained from, on what, how, and how well."""
@@ -164,14 +197,13 @@ def model_card(*, recipe, stage, data_stats: dict, prepare_summary: dict | None,
         f"- final training loss: {result['final_loss']:.4f}" if result.get("final_loss") is not None else "",
         f"- dev loss: {result['dev_loss']:.4f}" if result.get("dev_loss") is not None else "",
         "",
+        *_preference_lines(st, result),
         "## Data",
         "",
-        f"Training split: {split.get('conversations', '?')} conversations packed into "
-        f"{split.get('sequences', '?')} sequences, {split.get('tokens', '?')} tokens "
-        f"({split.get('loss_tokens', '?')} of them bot reply tokens, the only ones with loss).",
+        *_data_lines(data_stats, split),
         "",
-        "| source | conversations |", "|---|---|", rows(by_source), "",
-        "| language | conversations |", "|---|---|", rows(by_lang), "",
+        f"| source | {_unit(data_stats)} |", "|---|---|", rows(by_source), "",
+        f"| language | {_unit(data_stats)} |", "|---|---|", rows(by_lang), "",
     ]
     if prepare_summary:
         keep = ("conversations", "by_source", "by_lang", "filtered_lines", "rejected_lines", "per_source", "langid")

@@ -54,7 +54,33 @@ def _pack_kwargs(recipe: Recipe, stage: Stage, pack) -> dict:
 
 
 def packed_dir(recipe: Recipe, stage: Stage) -> Path:
+    if stage.data.pairs:
+        return recipe.stage_dir(stage) / "data" / "pairs"
     return stage.data.shards if stage.data.shards is not None else recipe.stage_dir(stage) / "data" / "packed"
+
+
+def ensure_pairs_packed(recipe: Recipe, stage: Stage, tokenizer, *, accelerator=None) -> Path:
+    """The packed pairs of a preference stage (`bloomchat.pack.pairs`), rebuilt by the main process
+    when the files, the packing options or the tokenizer changed."""
+    from bloomchat.models import tokenizer_fingerprint
+    from bloomchat.pack.pairs import pack_pairs
+
+    d = stage.data
+    out = packed_dir(recipe, stage)
+    spec = {"pairs": [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in d.pairs],
+            "max_seq_length": d.max_seq_length, "packing": d.packing, "dev_ratio": d.dev_ratio,
+            "chat_format": recipe.chat_format, "tokenizer": tokenizer_fingerprint(tokenizer)}
+    spec_path = out.parent / "pairs.spec.json"
+    fresh = spec_path.exists() and json.loads(spec_path.read_text()) == spec and (out / "stats.json").exists()
+    if (accelerator is None or accelerator.is_main_process) and not fresh:
+        with writing("the stage's packed pairs", out.parent):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            pack_pairs(d.pairs, tokenizer, out, max_seq_length=d.max_seq_length, packing=d.packing,
+                       dev_ratio=d.dev_ratio, chat_format=recipe.chat_format)
+            spec_path.write_text(json.dumps(spec, indent=1))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return out
 
 
 def ensure_packed(recipe: Recipe, stage: Stage, tokenizer, *, accelerator=None) -> tuple[Path, dict | None]:

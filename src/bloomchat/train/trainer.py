@@ -33,6 +33,7 @@ from bloomchat.train.faults import writing
 from bloomchat.train.loop import StageRun, Tally, dev_loss, lr_at, throughput, train_loop  # noqa: F401 (lr_at)
 from bloomchat.train.mfu import device_peak
 from bloomchat.train.plan import check_base, format_plan, make_plan
+from bloomchat.train.preference_stage import attach_preference, preference_data
 from bloomchat.train.recipe import Recipe, load_recipe
 from bloomchat.train.report import MetricsLog, earlier_stages, model_card, plot_loss, read_metrics
 from bloomchat.train.setup import check_vocab, init_source, make_optimizer, open_splits, pad_id, setup_model
@@ -131,9 +132,11 @@ def _train(run: StageRun, latest: Path | None, trainable: set[str] | None,
         trains = [r for r in read_metrics(metrics) if r.get("kind", "train") == "train"]
         tally.last_loss = trains[-1]["loss"] if trains else None
     dev = dev_loss(run.model, run.dev_split, micro=stage.micro_batch_size, pad_id=run.pad_id,
-                   plw=stage.prompt_loss_weight, accelerator=acc) if run.dev_split is not None else None
+                   plw=stage.prompt_loss_weight, accelerator=acc,
+                   step=run.loss_step) if run.dev_split is not None else None
+    run.dev_metrics = run.metrics("dev") if run.metrics is not None and run.dev_split is not None else {}
     if dev is not None:
-        log.write({"kind": "dev", "stage": stage.name, "step": total, "loss": dev})
+        log.write({"kind": "dev", "stage": stage.name, "step": total, "loss": dev, **run.dev_metrics})
     log.close()
     return tally, dev
 
@@ -143,8 +146,11 @@ def _result(run: StageRun, tally: Tally, dev: float | None, *, init: str, shards
     speed = {k: v for k, v in throughput(run, tally).items() if k in ("tflops", "mfu")}
     speed.update(model_flops=tally.flops_run, peak_tflops=run.peak_tflops,
                  peak_source=device_peak(acc.device, run.recipe.precision)[1])
+    pref = {"kind": run.stage.kind, "loss": run.stage.loss, "dev_metrics": run.dev_metrics} \
+        if run.stage.kind != "sft" else {}
     return {"name": run.stage.name, "init_from": init, "model_dir": str(sd / "model"), "final_loss": tally.last_loss,
-            "dev_loss": dev, "steps": run.sched.total_steps, "tokens": tally.tokens, "loss_tokens": tally.loss_tokens,
+            "dev_loss": dev, **pref, "steps": run.sched.total_steps, "tokens": tally.tokens,
+            "loss_tokens": tally.loss_tokens,
             "rows": len(run.train_split), "seconds": round(tally.elapsed, 2), "processes": acc.num_processes,
             "distributed_type": acc.distributed_type.name, **speed,
             "metrics": str(sd / "metrics.jsonl"), "loss_plot": str(sd / "loss.png"),
@@ -163,10 +169,17 @@ def train_stage(recipe: Recipe, idx: int, tokenizer, accelerator, *, resume: boo
     latest = _open_stage_dir(recipe, idx, accelerator, resume)
     init = init_source(recipe, idx, stage)
     check_vocab(init, tokenizer)
-    shards, prep_summary = ensure_packed(recipe, stage, tokenizer, accelerator=accelerator)
+    if stage.kind == "dpo":
+        shards, splits = preference_data(recipe, idx, tokenizer, accelerator)
+        prep_summary = None
+    else:
+        shards, prep_summary = ensure_packed(recipe, stage, tokenizer, accelerator=accelerator)
     data_stats = check_tokenizer_matches(shards, tokenizer)
-    splits = open_splits(shards, sd, accelerator)
+    if stage.kind != "dpo":
+        splits = open_splits(shards, sd, accelerator)
     run = setup_stage(recipe, idx, tokenizer, accelerator, init=init, shards=shards, splits=splits)
+    if stage.kind == "dpo":  # before any checkpoint is restored: the reference is the initial weights
+        attach_preference(run, init=init, shards=shards, resumed=latest is not None, progress=progress)
     hooks = trainable_only(accelerator, run.model) if recipe.method == "lora" else []
     trainable = {n for n, p in run.model.named_parameters() if p.requires_grad} if hooks else None
     tally, dev = _train(run, latest, trainable, progress)
