@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bloomchat.demo.workdir import DemoWorkdir, dir_key, jsonable, sha, shipped_recipe, write_demo_data
@@ -182,7 +183,9 @@ def show_side_by_side(result: dict[str, Any], console: Console) -> None:
     replies.add_column("tuned by bloomchat", ratio=2)
     for b, t in zip(result["before"]["replies"], result["after"]["replies"]):
         mark = lambda r: ("✓" if r["reply_lang"] == r["lang"] else "✗") + f" [{r['reply_lang']}]"  # noqa: E731
-        replies.add_row(b["lang"], b["prompt"], f"{mark(b)} {_short(b['reply'])}", f"{mark(t)} {_short(t['reply'])}")
+        # escaped: "[en]" and a reply's own brackets are text, not rich markup
+        replies.add_row(b["lang"], escape(b["prompt"]), escape(f"{mark(b)} {_short(b['reply'])}"),
+                        escape(f"{mark(t)} {_short(t['reply'])}"))
     console.print(replies)
     loss = Table(title=f"Held-out loss per reply token ({HELDOUT_PER_LANG} conversations per language, never trained on)")
     for col in ("lang", "convs", "tokens", "base", "tuned", "change"):
