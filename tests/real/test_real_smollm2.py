@@ -131,3 +131,43 @@ def test_pack_and_two_lora_steps_lower_the_loss(smollm2_base, tmp_path):
     assert "quantization_config" not in json.loads((Path(tuned) / "config.json").read_text())
     before, after = _masked_loss(smollm2_base, rows), _masked_loss(tuned, rows)
     assert after < before - 0.05, (before, after)
+
+
+def test_eval_runs_on_the_real_model(smollm2_base, tmp_path):
+    """`bloomchat eval run` (multiple choice and chat) on the real Llama-architecture model: the
+    per-option log-likelihoods equal a plain transformers forward pass, and the chat task answers
+    the France question in English with Paris in it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bloomchat.cli import main
+
+    mc = tmp_path / "mc.jsonl"
+    items = [{"id": "1", "context": "The capital of France is", "choices": [" Paris", " Berlin"], "label": 0, "lang": "en"},
+             {"id": "2", "context": "Water freezes at zero degrees", "choices": [" Celsius", " banana"], "label": 0,
+              "lang": "en"}]
+    mc.write_text("".join(json.dumps(x) + "\n" for x in items), encoding="utf-8")
+    prompts = tmp_path / "probe_en.jsonl"
+    prompts.write_text(json.dumps({"text": FRANCE[0]["content"]}) + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["eval", "run", str(smollm2_base), "--task", "mc", "--data", str(mc), "-o", str(run)]) == 0
+    assert main(["eval", "run", str(smollm2_base), "--task", "chat", "--data", str(prompts), "--greedy",
+                 "--max-new-tokens", "16", "-o", str(run)]) == 0
+    res = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    mc_task = next(t for n, t in res["tasks"].items() if n.startswith("mc"))
+    recs = [json.loads(x) for x in (run / mc_task["examples_file"]).read_text(encoding="utf-8").splitlines()]
+    tok = AutoTokenizer.from_pretrained(smollm2_base)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_base, dtype=torch.float32).eval()
+    for it in items:
+        rec = next(r for r in recs if r["id"] == it["id"])
+        want = []
+        for choice in it["choices"]:
+            c = tok(it["context"], add_special_tokens=False)["input_ids"]
+            t = tok(choice, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([c + t])).logits[0].float(), -1)
+            want.append(sum(float(logp[len(c) - 1 + j, t[j]]) for j in range(len(t))))
+        assert rec["logprobs"] == pytest.approx(want, abs=1e-3)
+        assert rec["pred"]["sum"] == 0  # a real model knows these
+    chat_task = next(t for n, t in res["tasks"].items() if n.startswith("chat"))
+    turn = json.loads((run / chat_task["examples_file"]).read_text(encoding="utf-8").splitlines()[0])["turns"][0]
+    assert "Paris" in turn["reply"] and turn["reply_lang"] == "en"
