@@ -102,3 +102,20 @@ def test_second_demo_run_reuses_everything(demo_run):
     assert f"reusing {workdir / 'base'}" in out
     assert f"reusing {workdir / 'model'}" in out
     assert weights.stat().st_mtime_ns == before
+
+
+def test_demo_ends_with_a_preference_stage_on_top_of_the_sft_model(demo_run):
+    workdir, _, out = demo_run
+    state = json.loads((workdir / "demo-state.json").read_text())
+    sft = state["train"]["result"]["final_model_dir"]
+    dpo = state["dpo"]["result"]
+    (stage,) = dpo["stages"]
+    assert stage["name"] == "dpo-demo-pairs" and stage["kind"] == "dpo"
+    assert stage["init_from"] == sft  # DPO starts from the supervised model, as a third stage
+    assert "held-out pairs: reward accuracy" in out
+    # the model the demo chats with and saves is the DPO model
+    from safetensors.torch import load_file
+
+    a = load_file(str(workdir / "model" / "model.safetensors"))
+    b = load_file(str(dpo["final_model_dir"] + "/model.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)

@@ -1,4 +1,4 @@
-"""The whole pipeline on a laptop: bundled data -> tokenizer + tiny BLOOM -> two stages -> chat.
+"""The whole pipeline on a laptop: bundled data -> tokenizer + tiny BLOOM -> two stages -> DPO -> chat.
 
     bloomchat demo                         # ./bloomchat-demo, reuses what is already built
     bloomchat demo --workdir /tmp/d --fresh
@@ -76,19 +76,40 @@ def run_demo(workdir: str | Path = "bloomchat-demo", *, fresh: bool = False, pre
         wd.console.print(f"  saved {base}")
 
     # 3. Training: the two BLOOMChat stages of recipes/demo.yaml.
-    wd.step("train", "3/4  training: stage 1 (OIG) then stage 2 (Dolly + OASST1, 3 epochs)")
+    wd.step("train", "3/5  training: stage 1 (OIG) then stage 2 (Dolly + OASST1, 3 epochs)")
     recipe = shipped_recipe("demo")
-    model_dir, result = wd.train_once(recipe, sha(base_key, recipe.read_bytes()))
+    train_key = sha(base_key, recipe.read_bytes())
+    model_dir, result = wd.train_once(recipe, train_key, runs="runs/demo")
+    sft_model = Path(result["final_model_dir"])
 
-    # 4. Chat with the model just trained.
-    wd.step("chat", "4/4  chat with the trained model")
+    # 4. A preference stage on top: DPO on hand-written pairs in 8 languages (recipes/demo-dpo.yaml).
+    wd.step("dpo", "4/5  preference: DPO on 48 written pairs (wrong, repetitive or off-language replies rejected)")
+    dpo = shipped_recipe("demo-dpo")
+    model_dir, dpo_result = wd.train_once(dpo, sha(train_key, dpo.read_bytes()), step="dpo", runs="runs/demo-dpo",
+                                          vars={"model": str(sft_model)})
+    _show_dpo(dpo_result, wd)
+
+    # 5. Chat with the model just trained.
+    wd.step("chat", "5/5  chat with the trained model")
     (chat_fn or show_demo_chats)(model_dir, wd.console)
     timings = wd.finish()
     wd.console.rule("[bold green]done")
     wd.console.print(f"Chat model (Hugging Face layout): [bold]{model_dir}[/]  ({timings['total']:.0f} s in all)",
                      soft_wrap=True)
     wd.show_next(model_dir)
-    return {"workdir": str(wd.path), "model_dir": str(model_dir), "train": result, "timings": timings}
+    return {"workdir": str(wd.path), "model_dir": str(model_dir), "train": result, "dpo": dpo_result,
+            "timings": timings}
+
+
+def _show_dpo(result: dict, wd: DemoWorkdir) -> None:
+    """Reward accuracy of the preference stage on its held-out pairs (from its metrics)."""
+    from bloomchat.train.report import read_metrics
+
+    stage = (result.get("stages") or [{}])[-1]
+    dev = [r for r in read_metrics(Path(stage["metrics"])) if r.get("kind") == "dev"] if stage.get("metrics") else []
+    if dev:
+        wd.say(f"  held-out pairs: reward accuracy {dev[-1]['reward_accuracy']:.2f} over {dev[-1]['pairs']} pairs "
+               f"(0.5 = no preference learned; a tiny model on 36 training pairs)")
 
 
 def show_demo_chats(model_dir: Path, console: Console) -> list[tuple[str, list[dict[str, str]]]]:

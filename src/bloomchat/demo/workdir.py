@@ -121,25 +121,27 @@ class DemoWorkdir:
     def say(self, text: str) -> None:
         self.console.print(text, soft_wrap=True, highlight=False)
 
-    def train_once(self, recipe: Path, key: str) -> tuple[Path, dict]:
-        """Train `recipe` into WORKDIR/model, or reuse it when `key` was trained to the end.
+    def train_once(self, recipe: Path, key: str, *, step: str = "train", runs: str = "runs",
+                   vars: dict[str, str] | None = None) -> tuple[Path, dict]:
+        """Train `recipe` (its output under WORKDIR/`runs`) and copy its final model to WORKDIR/model,
+        or reuse it when `key` was trained to the end under this `step` name.
 
         A run interrupted with the same key resumes from its last checkpoint; another key starts over."""
         from bloomchat.train import run_recipe
 
         model_dir = self.path / "model"
-        if self.state.done("train", key) and (model_dir / "config.json").exists():
+        if self.state.done(step, key) and (model_dir / "config.json").exists():
             self.say(f"  reusing {model_dir}")
-            return model_dir, self.state.data["train"].get("result", {})
-        resume = self.state.started("train", key)
-        if not resume and (self.path / "runs").exists():
-            shutil.rmtree(self.path / "runs")
-        self.state.mark("train", key, False)
-        result = run_recipe(recipe, vars={"workdir": str(self.path)}, resume=resume)
+            return model_dir, self.state.data[step].get("result", {})
+        resume = self.state.started(step, key)
+        if not resume and (self.path / runs).exists():
+            shutil.rmtree(self.path / runs)
+        self.state.mark(step, key, False)
+        result = run_recipe(recipe, vars={"workdir": str(self.path), **(vars or {})}, resume=resume)
         if model_dir.exists():
             shutil.rmtree(model_dir)
         shutil.copytree(Path(result["final_model_dir"]), model_dir)
-        self.state.mark("train", key, True, result=jsonable(result))
+        self.state.mark(step, key, True, result=jsonable(result))
         return model_dir, result
 
     def show_next(self, model_dir: Path, extra: tuple[str, ...] = ()) -> None:
