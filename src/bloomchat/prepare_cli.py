@@ -32,7 +32,9 @@ def recipe_prepare_kwargs(recipe_path: Path, stage: str | None, vars: dict[str, 
             raise BloomchatError(f"no stage named {stage!r} (stages: {', '.join(s.name for s in recipe.stages)})",
                                  where=str(recipe_path))
         if not stages[0].data.is_raw:
-            raise BloomchatError(f"stage {stage!r} uses packed shards, not raw sources", where=str(recipe_path))
+            what = ("preference pairs (prepare them with `bloomchat prepare-pairs`)" if stages[0].data.pairs
+                    else "packed shards")
+            raise BloomchatError(f"stage {stage!r} uses {what}, not raw sources", where=str(recipe_path))
     if not stages:
         raise BloomchatError("no stage with raw sources (oig/dolly/oasst1/jsonl)", where=str(recipe_path))
     d = stages[0].data

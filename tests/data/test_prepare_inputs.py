@@ -205,6 +205,12 @@ def test_cli_from_recipe_stage(tmp_path, capsys):
     assert s["seed"] == 7 and s["conversations"] == 1 and s["options"]["detect_lang"] is False
     rc = cli(["prepare", "-q", "--recipe", str(recipe), "--stage", "nope", "--set", f"dolly={d}", "-o", str(out)])
     assert rc == 2 and "no stage named 'nope'" in capsys.readouterr().err
+    # a preference stage's data are pairs: the error points to the verb that prepares them
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("", encoding="utf-8")
+    recipe.write_text(recipe.read_text() + "  - name: p\n    kind: dpo\n    data:\n      pairs: [\"${pairs}\"]\n")
+    rc = cli(["prepare", "-q", "--recipe", str(recipe), "--stage", "p", "--set", f"pairs={pairs}", "-o", str(out)])
+    assert rc == 2 and "uses preference pairs (prepare them with `bloomchat prepare-pairs`)" in capsys.readouterr().err
 
 
 def test_num_proc_gives_the_same_output(tmp_path):
