@@ -13,6 +13,7 @@ from bloomchat.eval.backends import (GENERATION, STOP_STRINGS, GenParams, HFBack
                                      cut_reply)
 from bloomchat.eval.cache import ExampleCache
 from bloomchat.eval.runner import cache_key
+from varied_model import save_varied_model
 
 CHATS = [
     [{"role": "user", "content": "Hello, how are you?"}],
@@ -26,20 +27,8 @@ SAMPLED = GenParams(max_new_tokens=10, temperature=0.8, top_p=0.9, repetition_pe
 
 @pytest.fixture(scope="module")
 def model_dir(micro_model_dir, tmp_path_factory):
-    """The micro BLOOM with larger random weights: its greedy replies vary from token to token (at
-    the default init every reply is one token repeated, which would make the comparisons weak)."""
-    from bloomchat.models import load_model, load_tokenizer, save_pretrained
-
-    tok = load_tokenizer(str(micro_model_dir))
-    model = load_model(str(micro_model_dir), dtype="float32", device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    out = tmp_path_factory.mktemp("varied_model")
-    save_pretrained(model, tok, out)
-    return out
+    """The micro BLOOM with larger random weights (varied_model.save_varied_model)."""
+    return save_varied_model(micro_model_dir, tmp_path_factory.mktemp("varied_model"))
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import time
 from types import SimpleNamespace
 
 import torch
+from varied_model import save_varied_model  # noqa: F401  (re-exported for the infer tests)
 
 #: Chats the engine tests run: English, Chinese, a multi-turn French/Spanish one, Vietnamese.
 CHATS = [
@@ -61,19 +62,3 @@ def scripted_chat_model(tokenizer, text: str, *, eos_after: bool = True, delay: 
 def moderate_pineapple(text: str) -> str | None:
     """A pluggable moderation check for tests: flags pineapple on pizza."""
     return "fruit" if "pineapple" in text.lower() else None
-
-
-def save_varied_model(micro_model_dir, out):
-    """The micro BLOOM with larger random weights, so that its greedy replies vary from token to
-    token (at the default init every reply is one token repeated, which makes comparisons weak)."""
-    from bloomchat.models import load_model, load_tokenizer, save_pretrained
-
-    tok = load_tokenizer(str(micro_model_dir))
-    model = load_model(str(micro_model_dir), dtype="float32", device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    save_pretrained(model, tok, out)
-    return out
