@@ -62,3 +62,18 @@ def test_infer_terminal_chat_over_openai_backend(remote):
                       model_label="remote-model").run()
     assert rc == 0 and f"bot> {REPLY}\n" in out.getvalue()
     assert '"requests": 1' in out.getvalue()
+
+
+def test_sampling_extras_reach_open_engines_and_not_openai():
+    from bloomchat.errors import BloomchatError
+    from bloomchat.infer.client import OpenAIChatClient
+    from bloomchat.infer.params import GenerationParams
+
+    msgs = [{"role": "user", "content": "hi"}]
+    # a greedy-looking 1.0 is still sent: bloomchat serve would otherwise apply its own 1.2 and top_k 50
+    kw = OpenAIChatClient("http://127.0.0.1:9/v1", model="m")._kwargs(msgs, GenerationParams(repetition_penalty=1.0, top_k=0))
+    assert kw["extra_body"] == {"repetition_penalty": 1.0, "top_k": 0}
+    openai_api = OpenAIChatClient("https://api.openai.com/v1", model="gpt", api_key="k")
+    assert "extra_body" not in openai_api._kwargs(msgs, GenerationParams(repetition_penalty=1.0))
+    with pytest.raises(BloomchatError, match="no repetition penalty"):
+        openai_api._kwargs(msgs, GenerationParams())  # BLOOMChat's 1.2 cannot be applied there

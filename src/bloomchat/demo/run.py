@@ -102,13 +102,10 @@ def run_demo(workdir: str | Path = "bloomchat-demo", *, fresh: bool = False, pre
 
 
 def _show_dpo(result: dict, wd: DemoWorkdir) -> None:
-    """Reward accuracy of the preference stage on its held-out pairs (from its metrics)."""
-    from bloomchat.train.report import read_metrics
-
-    stage = (result.get("stages") or [{}])[-1]
-    dev = [r for r in read_metrics(Path(stage["metrics"])) if r.get("kind") == "dev"] if stage.get("metrics") else []
+    """Reward accuracy of the preference stage on its held-out pairs (the stage's result)."""
+    dev = (result.get("stages") or [{}])[-1].get("dev_metrics")
     if dev:
-        wd.say(f"  held-out pairs: reward accuracy {dev[-1]['reward_accuracy']:.2f} over {dev[-1]['pairs']} pairs "
+        wd.say(f"  held-out pairs: reward accuracy {dev['reward_accuracy']:.2f} over {dev['pairs']} pairs "
                f"(0.5 = no preference learned; a tiny model on 36 training pairs)")
 
 

@@ -296,18 +296,6 @@ class OpenAIBackend:
         return {"backend": "openai", "model": self.model, "base_url": self.base_url, "concurrency": self.concurrency,
                 "seeds": SEEDS}
 
-    def _sampling_extras(self, gp: GenerationParams) -> dict:
-        """repetition_penalty and top_k, which are not OpenAI parameters: always sent to an open engine
-        (vLLM and TGI default to 1.0 and no top_k, bloomchat serve to BLOOMChat's 1.2 and 50, so leaving
-        them out would change the decoding); OpenAI's own API rejects unknown parameters, so there they
-        are left out, and a value it cannot honour is refused."""
-        if "api.openai.com" not in (self.base_url or ""):
-            return {"repetition_penalty": gp.repetition_penalty, "top_k": gp.top_k}
-        if gp.repetition_penalty != 1.0:
-            raise BloomchatError("OpenAI's API has no repetition penalty: pass --repetition-penalty 1.0",
-                                 where=self.base_url)
-        return {}
-
     def _client(self):
         from openai import OpenAI
 
@@ -318,11 +306,13 @@ class OpenAIBackend:
     def generate(self, chats: Sequence[list[dict]], params: GenParams) -> list[Reply]:
         import openai
 
+        from bloomchat.infer.client import sampling_extras
+
         client = self._client()
 
         def one(chat):
             gp = params.for_chat(chat)  # the per-chat seed local generation uses: bloomchat serve samples alike
-            extra = self._sampling_extras(gp)
+            extra = sampling_extras(gp, self.base_url)
             r = client.chat.completions.create(
                 model=self.model, messages=list(chat), max_tokens=gp.max_new_tokens,
                 temperature=gp.temperature, top_p=gp.top_p, seed=gp.seed, extra_body=extra or None)

@@ -5,8 +5,8 @@
     cm.reply([{"role": "user", "content": "你好"}])
 
 BLOOMChat's repetition penalty and top_k are not OpenAI parameters; they are sent as `repetition_penalty`
-and `top_k` in the request body, which vLLM and `bloomchat serve` read (pass send_repetition_penalty=False for
-engines that reject unknown fields).
+and `top_k` in the request body (`sampling_extras`), which vLLM and `bloomchat serve` read (pass
+send_repetition_penalty=False for other engines that reject unknown fields).
 """
 
 from __future__ import annotations
@@ -19,6 +19,18 @@ from bloomchat.errors import BloomchatError
 from bloomchat.infer.chat_model import check_messages
 from bloomchat.infer.engine import Event
 from bloomchat.infer.params import GenerationParams
+
+
+def sampling_extras(params: GenerationParams, base_url: str | None) -> dict:
+    """repetition_penalty and top_k, which are not OpenAI parameters: always sent to an open engine
+    (vLLM and TGI default to 1.0 and no top_k, bloomchat serve to BLOOMChat's 1.2 and 50, so leaving
+    them out would change the decoding); OpenAI's own API rejects unknown parameters, so there they
+    are left out, and a penalty it cannot apply is refused."""
+    if "api.openai.com" not in (base_url or ""):
+        return {"repetition_penalty": params.repetition_penalty, "top_k": params.top_k}
+    if params.repetition_penalty != 1.0:
+        raise BloomchatError("OpenAI's API has no repetition penalty: pass --repetition-penalty 1.0", where=base_url)
+    return {}
 
 
 class OpenAIChatClient:
@@ -45,12 +57,7 @@ class OpenAIChatClient:
             kw["seed"] = params.seed
         if params.stop:
             kw["stop"] = list(params.stop)
-        extra = {}
-        if self.send_repetition_penalty:  # engines that take sampling extras (bloomchat serve, vLLM)
-            if params.repetition_penalty != 1.0:
-                extra["repetition_penalty"] = params.repetition_penalty
-            if params.top_k:
-                extra["top_k"] = params.top_k
+        extra = sampling_extras(params, self.base_url) if self.send_repetition_penalty else {}
         if extra:
             kw["extra_body"] = extra
         return kw

@@ -74,14 +74,3 @@ class PairSplit(PackedSplit):
         if self.ref is not None:
             b["ref"] = self.ref[pidx]
         return b
-
-
-def open_pair_splits(shards: Path, stage_dir: Path, accelerator) -> tuple[PairSplit, PairSplit | None]:
-    """The training split and, when the packed pairs have one, the dev split."""
-    with accelerator.main_process_first():
-        train = PairSplit(shards, "train", cache_dir=stage_dir / "cache")
-        dev = (PairSplit(shards, "dev", cache_dir=stage_dir / "cache")
-               if any((shards / "dev").glob("*.parquet")) else None)
-    if len(train) == 0:
-        raise BloomchatError("the stage's training split has no pairs", where=str(shards))
-    return train, dev

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from bloomchat.train.loop import StageRun
-from bloomchat.train.pair_data import PairSplit, open_pair_splits
+from bloomchat.train.pair_data import PairSplit
 from bloomchat.train.preference import PreferenceConfig, PreferenceLoss
 from bloomchat.train.recipe import Recipe
 from bloomchat.train.reference import attach_reference
+from bloomchat.train.setup import open_splits
 from bloomchat.train.stage_data import ensure_pairs_packed
 
 
@@ -20,7 +21,7 @@ def preference_data(recipe: Recipe, idx: int, tokenizer,
     """The stage's packed pairs (built when needed) and their train / dev splits."""
     stage = recipe.stages[idx]
     shards = ensure_pairs_packed(recipe, stage, tokenizer, accelerator=accelerator)
-    return shards, open_pair_splits(shards, recipe.stage_dir(stage), accelerator)
+    return shards, open_splits(shards, recipe.stage_dir(stage), accelerator, PairSplit, "pairs")
 
 
 def attach_preference(run: StageRun, *, init: str, shards: Path, resumed: bool, progress: bool = False) -> None:

@@ -111,14 +111,16 @@ def make_optimizer(model, stage: Stage):
                              eps=stage.adam_eps)
 
 
-def open_splits(shards: Path, stage_dir: Path, accelerator) -> tuple[PackedSplit, PackedSplit | None]:
-    """The training split and, when the shards have one, the dev split (Arrow cache in the stage)."""
+def open_splits(shards: Path, stage_dir: Path, accelerator, split_cls: type = PackedSplit,
+                unit: str = "rows") -> tuple[PackedSplit, PackedSplit | None]:
+    """The training split and, when the shards have one, the dev split (Arrow cache in the stage);
+    `split_cls` PairSplit for a preference stage's packed pairs."""
     with accelerator.main_process_first():
-        train = PackedSplit(shards, "train", cache_dir=stage_dir / "cache")
-        dev = (PackedSplit(shards, "dev", cache_dir=stage_dir / "cache")
+        train = split_cls(shards, "train", cache_dir=stage_dir / "cache")
+        dev = (split_cls(shards, "dev", cache_dir=stage_dir / "cache")
                if any((shards / "dev").glob("*.parquet")) else None)
     if len(train) == 0:
-        raise BloomchatError("the stage's training split has no rows", where=str(shards))
+        raise BloomchatError(f"the stage's training split has no {unit}", where=str(shards))
     return train, dev
 
 
