@@ -22,9 +22,9 @@ _LISTENING = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 class ServeProcess:
     """A running `bloomchat serve`: `url`, its output so far (`output()`), `stop()`."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None, timeout: float):
+    def __init__(self, argv: list[str], env: dict[str, str] | None, timeout: float, python: str | None = None):
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **(env or {}))
-        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *argv], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([python or sys.executable, "-c", LAUNCH, *argv], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=full_env)
         self.lines: list[str] = []
         self.url: str | None = None
@@ -69,6 +69,8 @@ class ServeProcess:
         self.stop()
 
 
-def start_serve(model, *args: str, env: dict[str, str] | None = None, timeout: float = 90) -> ServeProcess:
-    """`bloomchat serve MODEL --port 0 ARGS...` in a child process, returned once it listens."""
-    return ServeProcess(["serve", str(model), "--port", "0", *map(str, args)], env, timeout)
+def start_serve(model, *args: str, env: dict[str, str] | None = None, timeout: float = 90,
+                python: str | None = None) -> ServeProcess:
+    """`bloomchat serve MODEL --port 0 ARGS...` in a child process (of `python`, default this one),
+    returned once it listens."""
+    return ServeProcess(["serve", str(model), "--port", "0", *map(str, args)], env, timeout, python)

@@ -243,20 +243,17 @@ def test_infer_inverse_cdf_draws_follow_the_probabilities_and_skip_zeros():
 def test_infer_incremental_detokenization_equals_decoding_the_whole_reply(tiny_tokenizer, seed):
     """At every step the streamed text equals decoding all reply tokens, up to a character still
     waiting for its next bytes (Chinese/Arabic/Hindi split across byte-level tokens, random ids)."""
-    from types import SimpleNamespace
-
-    from bloomchat.infer.engine import BatchEngine, _Seq
+    from bloomchat.infer.engine import _Seq, detokenize_step
 
     tok = tiny_tokenizer
     g = torch.Generator().manual_seed(seed)
     text = "你好，请介绍一下北京。مرحبا، كيف حالك؟ नमस्ते Olá, tudo bem? def add(a, b): return a + b"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     ids += torch.randint(0, len(tok), (200,), generator=g).tolist()  # arbitrary byte soup too
-    eng = SimpleNamespace(tokenizer=tok)
     s = _Seq(rid=1, prompt_ids=[], params=GenerationParams(), sink=lambda ev: None, stop_texts=())
     for t in ids:
         s.ids.append(t)
-        BatchEngine._detokenize(eng, s)
+        detokenize_step(s, tok)
         full = tok.decode(s.ids, skip_special_tokens=True)
         assert full.startswith(s.text)
         if not full.endswith("\ufffd"):

@@ -118,7 +118,7 @@ def cmd_generate(args) -> int:
                               max_new_tokens=args.max_new_tokens, seed=args.seed).validate("generation flags")
     db = _db(args)
     cm = load_chat_model(args.model, quantize=args.quantize, device=args.device, backend=args.backend,
-                         base_url=args.base_url, api_key=api_key, name=args.system)
+                         base_url=args.base_url, api_key=api_key, name=args.system, engine=args.engine)
     try:
         n, empty = generate_replies(db, args.system, cm, params, langs=_langs(args.langs) or None,
                                     batch_size=args.batch_size, origin=f"{args.backend}:{args.model}")
@@ -291,6 +291,8 @@ def _add_setup_commands(sub, common) -> None:
 
 def _add_generate_command(sub, common) -> None:
     """generate: a model's replies to the stored prompts."""
+    from bloomchat.infer.cli import engine_arg
+
     s = sub.add_parser("generate", parents=[common], help="ask a local model or an OpenAI-compatible endpoint for replies")
     s.add_argument("--system", required=True, help="name the replies are stored under")
     s.add_argument("--model", required=True, help="model folder / hub name, or the endpoint's model name")
@@ -299,6 +301,7 @@ def _add_generate_command(sub, common) -> None:
     s.add_argument("--api-key-env", help="environment variable holding the endpoint's API key")
     s.add_argument("--quantize", choices=["int8"], default=None)
     s.add_argument("--device", default=None)
+    engine_arg(s)
     s.add_argument("--langs", help="only prompts in these languages, e.g. zh,fr")
     s.add_argument("--batch-size", type=int, default=16, help="prompts per batch (saved after each)")
     s.add_argument("--temperature", type=float, default=0.8)

@@ -136,6 +136,7 @@ class HFBackend:
     device: str | None = None
     max_length: int = 2048  # BLOOMChat's training length; longer inputs are cut from the left
     max_batch_size: int = 16  # rows the engine decodes together (the CLI passes --batch-size)
+    engine: str = "builtin"  # generation engine; "vllm": vLLM in-process (log-likelihoods stay on transformers)
     name: str = "hf"
     _model: object = field(default=None, repr=False)
     _tok: object = field(default=None, repr=False)
@@ -181,14 +182,23 @@ class HFBackend:
         return b
 
     def describe(self) -> dict:
-        return {"backend": "hf", "model": self.model_path, "dtype": self.dtype, "device": self.device,
-                "max_length": self.max_length, "generation": GENERATION, "seeds": SEEDS}
+        d = {"backend": "hf", "model": self.model_path, "dtype": self.dtype, "device": self.device,
+             "max_length": self.max_length, "generation": GENERATION, "seeds": SEEDS}
+        if self.engine != "builtin":  # named only then, so runs made before the choice existed still resume
+            d["engine"] = self.engine
+        return d
 
     # -- generation -------------------------------------------------------------------------
     def chat_model(self):
         """The ChatModel (engine) over this backend's weights, made once and shared by plain and
         guarded generation."""
         with _CHAT_LOCK:
+            if self._chat is None and self.engine == "vllm":
+                from bloomchat.infer.loading import load_chat_model
+
+                self._chat = load_chat_model(self.model_path, engine="vllm", dtype=self.dtype, device=self.device,
+                                             max_batch_size=self.max_batch_size)
+                self._chat.context = min(self._chat.context, self.max_length)
             if self._chat is None:
                 from bloomchat.infer.chat_model import ChatModel
 
@@ -341,10 +351,13 @@ class OpenAIBackend:
 
 def make_backend(model: str, *, backend: str = "hf", dtype: str = "auto", device: str | None = None,
                  base_url: str | None = None, api_key: str | None = None, concurrency: int = 8,
-                 max_length: int = 2048, max_batch_size: int = 16):
+                 max_length: int = 2048, max_batch_size: int = 16, engine: str = "builtin"):
     if backend == "hf":
         return HFBackend(model_path=model, dtype=dtype, device=device, max_length=max_length,
-                         max_batch_size=max_batch_size)
+                         max_batch_size=max_batch_size, engine=engine)
+    if engine != "builtin":
+        raise BloomchatError("--engine chooses how a local model generates; with --backend openai the "
+                             "endpoint's engine does", where="--engine")
     if backend == "openai":
         if not base_url:
             raise BloomchatError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")

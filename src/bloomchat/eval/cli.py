@@ -64,6 +64,8 @@ def add_parser(subparsers) -> None:
 
 
 def _add_run(sub) -> None:
+    from bloomchat.infer.cli import engine_arg
+
     p = sub.add_parser("run", help="evaluate one model into a run dir",
                        description="bloomchat eval run MODEL --task translation|mc|mgsm|chat|fertility|judge --data PATH -o RUNDIR")
     p.add_argument("model", metavar="MODEL",
@@ -119,6 +121,7 @@ def _add_run(sub) -> None:
     b.add_argument("--concurrency", type=int, default=8, help="parallel requests with --backend openai")
     b.add_argument("--dtype", default="auto", help="float32, bf16, fp16; auto: bf16 on a GPU, float32 on CPU")
     b.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    engine_arg(b)
     b.add_argument("--batch-size", type=int, default=8,
                    help="examples per batch (mc: all their options in one pass; generation: the rows the "
                         "engine decodes together)")
@@ -347,7 +350,7 @@ def run(args) -> int:
         tasks = make_tasks(_task_opts(args), where="command line")
     backend = make_backend(args.model, backend=args.backend, dtype=args.dtype, device=args.device,
                            base_url=args.base_url, api_key=args.api_key, concurrency=args.concurrency,
-                           max_batch_size=max(1, args.batch_size))
+                           max_batch_size=max(1, args.batch_size), engine=args.engine)
     if args.bootstrap < 0:
         raise BloomchatError("--bootstrap must be >= 0")
     if args.backend == "openai" and any(t.kind == "mc" for t in tasks):

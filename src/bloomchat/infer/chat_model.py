@@ -46,8 +46,17 @@ def check_messages(messages, where: str = "messages") -> list[dict[str, str]]:
     return out
 
 
+def eos_token_ids(generation_config, tokenizer) -> list[int]:
+    """The ids that end a reply: the generation config's EOS (one or several), else the tokenizer's."""
+    eos = generation_config.eos_token_id if generation_config is not None else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
 def context_length(model) -> int:
-    cfg = model.config
+    """The model's positions as its config names them (a model or a config), else BLOOM's 2048."""
+    cfg = getattr(model, "config", model)
     for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
         v = getattr(cfg, name, None)
         if isinstance(v, int) and v > 0:
@@ -61,16 +70,18 @@ class ChatModel:
     backend = "local"
 
     def __init__(self, model, tokenizer, *, name: str = "bloomchat", max_batch_size: int = 16,
-                 context: int | None = None):
-        self.model = model.eval()
+                 context: int | None = None, engine=None):
+        """`engine`: an engine with BatchEngine's contract that owns the weights itself (VllmEngine);
+        `model` is then None and `context` must be given."""
+        self.model = model.eval() if model is not None else None
         self.tokenizer = tokenizer
         self.name = name
-        self.context = context or context_length(model)
-        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self._bloomchat_format = getattr(tokenizer, "chat_template", None) in (None, CHAT_TEMPLATE)
+        if engine is not None:
+            self.context, self.eos_ids, self.engine = context, sorted(engine.eos_ids), engine
+            return
+        self.context = context or context_length(model)
+        self.eos_ids = eos_token_ids(model.generation_config, tokenizer)
         self.engine = BatchEngine(model, tokenizer, max_batch_size=max_batch_size, eos_token_ids=self.eos_ids)
 
     # ---------------------------------------------------------------- prompts

