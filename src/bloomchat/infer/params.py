@@ -38,6 +38,7 @@ class GenerationParams:
     max_new_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False  # vLLM's extension: go on past EOS (benchmarks that need fixed-length replies)
 
     def validate(self, where: str = "generation params") -> "GenerationParams":
         def bad(name: str, why: str):
@@ -65,6 +66,8 @@ class GenerationParams:
             bad("stop", "must be a tuple of non-empty strings")
         if len(self.stop) > MAX_STOP_STRINGS:
             bad("stop", f"may hold at most {MAX_STOP_STRINGS} strings")
+        if not isinstance(self.ignore_eos, bool):
+            bad("ignore_eos", "must be true or false")
         return self
 
     @property
@@ -94,8 +97,10 @@ class GenerationParams:
                 parsed = None if value.lower() in ("none", "") else int(value)
             elif name == "stop":
                 parsed = tuple(s for s in value.split("|") if s)
+            elif name == "ignore_eos":
+                parsed = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}[value.lower()]
             else:
                 parsed = float(value)
-        except ValueError:
+        except (ValueError, KeyError):
             raise BloomchatError(f"{name}: cannot read {value!r} as a value") from None
         return self.replace(**{name: parsed}).validate(where=f"/set {name}")

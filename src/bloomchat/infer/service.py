@@ -120,7 +120,7 @@ class ChatService:
             top_k=pick(req.top_k, d.top_k),
             repetition_penalty=pick(req.repetition_penalty, d.repetition_penalty),
             max_new_tokens=max_tokens if max_tokens is not None else min(d.max_new_tokens, ctx - n_prompt),
-            seed=req.seed, stop=stops)
+            seed=req.seed, stop=stops, ignore_eos=req.ignore_eos)
         try:
             return p.validate()
         except BloomchatError as e:

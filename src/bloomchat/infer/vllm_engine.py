@@ -55,8 +55,8 @@ def sampling_params(params: GenerationParams, eos_ids: list[int]):
     return SamplingParams(
         temperature=0.0 if params.greedy else params.temperature, top_p=params.top_p, top_k=params.top_k,
         repetition_penalty=params.repetition_penalty, max_tokens=params.max_new_tokens,
-        seed=None if params.greedy else params.seed, stop_token_ids=list(eos_ids), detokenize=False,
-        output_kind=RequestOutputKind.DELTA)
+        seed=None if params.greedy else params.seed, detokenize=False, output_kind=RequestOutputKind.DELTA,
+        stop_token_ids=[] if params.ignore_eos else list(eos_ids), ignore_eos=params.ignore_eos)
 
 
 class VllmEngine:
