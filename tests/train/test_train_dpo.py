@@ -33,20 +33,37 @@ def load_pairs(path: Path) -> dict[str, Pair]:
     return {p.id: p for p in (Pair.from_record(json.loads(x)) for x in path.read_text(encoding="utf-8").splitlines())}
 
 
+def alone_reply(model, tokenizer, pair: Pair, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits predicting each token of the side's final reply + EOS, those tokens): the
+    conversation run alone through the plain HF model (no packing, no bloomchat attention)."""
+    r = render(tokenizer, pair.conversation(side))
+    r.spans = r.spans[-1:]
+    tm = encode_rendered(tokenizer, [r])[0]
+    ids = torch.tensor(tm.ids, dtype=torch.long)[None]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    keep = torch.from_numpy(tm.mask[1:].astype(bool))
+    return logits[:-1][keep], ids[0, 1:][keep]
+
+
 def alone_logps(model, tokenizer, pair: Pair) -> list[float]:
-    """Summed log-probs of each side's final reply, the conversation run alone through the plain
-    HF model (no packing, no bloomchat attention): what packed training must reproduce."""
+    """Summed log-probs of each side's final reply, run alone: what packed training must reproduce."""
     out = []
     for side in ("chosen", "rejected"):
-        r = render(tokenizer, pair.conversation(side))
-        r.spans = r.spans[-1:]
-        tm = encode_rendered(tokenizer, [r])[0]
-        ids = torch.tensor(tm.ids, dtype=torch.long)[None]
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[0].float()
-        lp = torch.log_softmax(logits[:-1], -1).gather(1, ids[0, 1:, None])[:, 0]
-        out.append(float(lp[torch.from_numpy(tm.mask[1:].astype(bool))].sum()))
+        logits, tgt = alone_reply(model, tokenizer, pair, side)
+        out.append(float(torch.log_softmax(logits, -1).gather(1, tgt[:, None]).sum()))
     return out
+
+
+def alone_kl(model, ref_model, tokenizer, pair: Pair) -> tuple[float, int]:
+    """Summed next-token KL(model || ref_model) over both sides' reply positions, and their count."""
+    tot, n = 0.0, 0
+    for side in ("chosen", "rejected"):
+        lp = torch.log_softmax(alone_reply(model, tokenizer, pair, side)[0].double(), -1)
+        lq = torch.log_softmax(alone_reply(ref_model, tokenizer, pair, side)[0].double(), -1)
+        tot += float((lp.exp() * (lp - lq)).sum())
+        n += len(lp)
+    return tot, n
 
 
 def dpo_recipe(base: Path, out: Path, pairs: Path, *, sft_shards: Path | None = None, **stage) -> dict:
@@ -118,6 +135,68 @@ def test_packed_pairs_layout(tmp_path, tiny_tokenizer, pairs_file):
     assert all(len(v) == 1 for v in by_prompt.values()) and any(len(p.prompt) == 3 for p in pairs.values())
 
 
+def test_kl_and_log_ratio_zero_before_training_then_equal_a_direct_computation(tmp_path, micro_model_dir,
+                                                                                  tiny_tokenizer, pairs_file):
+    """PreferenceLoss's dev metrics on a LoRA BLOOM, several pairs packed a row: before any update
+    (lora_B = 0) the log-ratios and the next-token KL to the adapter-off model are 0; with the
+    adapter moved, they equal the same quantities computed with the plain HF forward, each
+    conversation alone (per pair and side, then weighted by reply tokens)."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bloomchat.pack.pairs import pack_pairs
+    from bloomchat.train.pair_data import PairSplit
+    from bloomchat.train.packing_attn import install_packed_attention, uninstall_packed_attention
+    from bloomchat.train.preference import PreferenceConfig, PreferenceLoss, pair_logps
+
+    pack_pairs([pairs_file], tiny_tokenizer, tmp_path / "p", max_seq_length=MAX_LEN, dev_ratio=0.0)
+    split = PairSplit(tmp_path / "p", "train")
+    b = split.batch([0, 1], pad_id=tiny_tokenizer.pad_token_id)
+    assert b["n_pairs"] > 2  # packed: several pairs a row
+    base = AutoModelForCausalLM.from_pretrained(micro_model_dir)
+    install_packed_attention(base)
+    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
+                                            target_modules=["query_key_value", "dense_4h_to_h"])).eval()
+    with torch.no_grad(), model.disable_adapter():
+        b["ref"] = pair_logps(model, b, "cpu").double()
+    acc = SimpleNamespace(device="cpu", reduce=lambda t, reduction: t.clone())  # one process
+
+    def dev_metrics():
+        step = PreferenceLoss(PreferenceConfig("dpo", 0.5), split.langs, reference=model.disable_adapter)
+        with torch.no_grad():
+            step(model, {**b, "dummy": False}, "cpu")
+        return step.metrics("dev", acc)
+
+    m0 = dev_metrics()
+    assert m0["pairs"] == b["n_pairs"] and set(m0["by_lang"]) == {split.langs[i] for i in b["lang_idx"]}
+    for k in ("log_ratio_chosen", "log_ratio_rejected", "kl_next_token"):
+        assert m0[k] == pytest.approx(0.0, abs=1e-5)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if "lora_B" in name:
+                w.add_(torch.randn(w.shape, generator=g))
+    m1 = dev_metrics()
+    uninstall_packed_attention(model)  # the direct computation: stock HF attention, one conversation alone
+    ref_model = AutoModelForCausalLM.from_pretrained(micro_model_dir).eval()  # = the adapter off
+    pairs = load_pairs(pairs_file)
+    ids = [pid for row in split.ds["pair_id"] for pid in row]
+    kl_sum = kl_n = 0.0
+    ratio, n_tok = np.zeros(2), np.zeros(2)
+    for i in b["pair_index"].tolist():
+        pair = pairs[ids[i]]
+        ratio += np.array(alone_logps(model, tiny_tokenizer, pair)) - np.array(alone_logps(ref_model, tiny_tokenizer,
+                                                                                            pair))
+        n_tok += [len(alone_reply(model, tiny_tokenizer, pair, side)[1]) for side in ("chosen", "rejected")]
+        s, n = alone_kl(model, ref_model, tiny_tokenizer, pair)
+        kl_sum, kl_n = kl_sum + s, kl_n + n
+    assert m1["kl_next_token"] > 1e-3 and m1["kl_next_token"] == pytest.approx(kl_sum / kl_n, rel=1e-4, abs=1e-7)
+    assert (m1["log_ratio_chosen"], m1["log_ratio_rejected"]) == pytest.approx(tuple(ratio / n_tok), abs=1e-5)
+    assert abs(m1["log_ratio_chosen"]) > 1e-3
+
+
 @pytest.fixture(scope="module")
 def sft_then_dpo(tmp_path_factory, micro_model_dir, tiny_tokenizer, pairs_file):
     tmp = tmp_path_factory.mktemp("sft_dpo")
@@ -137,6 +216,8 @@ def test_dpo_stage_after_sft_reference_and_metrics(sft_then_dpo, tiny_tokenizer,
     train = [r for r in recs if r["kind"] == "train"]
     assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 1
     assert train[0]["reward_margin"] == pytest.approx(0, abs=1e-6) and train[0]["reward_accuracy"] == 0.0
+    assert (train[0]["log_ratio_chosen"], train[0]["log_ratio_rejected"]) == pytest.approx((0, 0), abs=1e-5)
+    assert not any("kl_next_token" in r for r in recs)  # full fine-tuning keeps no reference weights
     stats = json.loads((tmp / "out" / "dpo" / "data" / "pairs" / "stats.json").read_text())
     assert train[-1]["loss"] < train[0]["loss"]
     assert sum(r["pairs"] for r in train) == 2 * stats["split"]["train"]["pairs"]  # 2 epochs, every pair scored
@@ -234,6 +315,19 @@ def test_lora_preference_stage_on_llama(tmp_path, llama, tiny_tokenizer, pairs_f
             assert got == pytest.approx(alone_logps(base, tiny_tokenizer, pairs[pid]), abs=1e-4)
     w0, w1 = load_file(str(llama / "model.safetensors")), load_file(str(Path(st["model_dir"]) / "model.safetensors"))
     assert any(not torch.equal(w0[k], w1[k]) for k in w0 if "q_proj" in k)
+    # KL to the reference (the adapter off = the base) on the dev pairs: exact next-token KL, any loss
+    if loss == "dpo":
+        assert (train[0]["log_ratio_chosen"], train[0]["log_ratio_rejected"]) == pytest.approx((0, 0), abs=1e-5)
+    assert not any("kl_next_token" in r for r in train) and ("log_ratio_chosen" in train[0]) == (loss == "dpo")
+    dev = [x for x in read_metrics(Path(st["metrics"])) if x["kind"] == "dev"][0]
+    tuned = AutoModelForCausalLM.from_pretrained(st["model_dir"]).eval()
+    base = AutoModelForCausalLM.from_pretrained(llama).eval()
+    pairs = load_pairs(pairs_file)
+    dev_ids = [p for row in pq.read_table(sd / "data" / "pairs" / "dev").column("pair_id").to_pylist() for p in row]
+    sums = np.array([alone_kl(tuned, base, tiny_tokenizer, pairs[pid]) for pid in dev_ids])
+    assert dev["kl_next_token"] > 1e-5
+    assert dev["kl_next_token"] == pytest.approx(sums[:, 0].sum() / sums[:, 1].sum(), rel=1e-3, abs=1e-7)
+    assert f"{dev['kl_next_token']:.5f} nats" in (Path(st["model_dir"]) / "README.md").read_text()
 
 
 def test_dev_metrics_per_language_recomputed_from_the_exported_model(sft_then_dpo, tiny_tokenizer, pairs_file):
@@ -253,7 +347,8 @@ def test_dev_metrics_per_language_recomputed_from_the_exported_model(sft_then_dp
     for pid, r in zip(ids, ref):
         lp = np.array(alone_logps(model, tiny_tokenizer, pairs[pid]))
         rc, rr = 0.5 * (lp - r)  # beta 0.5
-        per_lang.setdefault(pairs[pid].lang, []).append((rc > rr, rc - rr, lp[0], lp[1]))
+        n = [len(alone_reply(model, tiny_tokenizer, pairs[pid], side)[1]) for side in ("chosen", "rejected")]
+        per_lang.setdefault(pairs[pid].lang, []).append((rc > rr, rc - rr, lp[0], lp[1], *(lp - r), *n))
     assert set(per_lang) == set(dev["by_lang"])
     for lang, vals in per_lang.items():
         got = dev["by_lang"][lang]
@@ -261,10 +356,17 @@ def test_dev_metrics_per_language_recomputed_from_the_exported_model(sft_then_dp
         assert got["pairs"] == len(vals) and got["reward_accuracy"] == pytest.approx(acc)
         assert (got["reward_margin"], got["logps_chosen"], got["logps_rejected"]) == pytest.approx((margin, c, r),
                                                                                                    abs=1e-4)
+        # log-ratio to the reference: summed over the language's reply tokens / their number
+        assert (got["log_ratio_chosen"], got["log_ratio_rejected"]) == pytest.approx(
+            (sum(v[4] for v in vals) / sum(v[6] for v in vals), sum(v[5] for v in vals) / sum(v[7] for v in vals)),
+            abs=1e-5)
     every = [v for vals in per_lang.values() for v in vals]
     assert dev["reward_margin"] == pytest.approx(np.mean([v[1] for v in every]), abs=1e-4)
+    assert dev["log_ratio_rejected"] == pytest.approx(sum(v[5] for v in every) / sum(v[7] for v in every), abs=1e-5)
+    assert abs(dev["log_ratio_rejected"]) > 1e-3  # training moved it: the comparison is not between zeros
     card = (Path(dpo["model_dir"]) / "README.md").read_text()
     assert "## Preference tuning" in card and f"reward accuracy {dev['reward_accuracy']:.3f}" in card
+    assert f"chosen {dev['log_ratio_chosen']:.4f}, rejected {dev['log_ratio_rejected']:.4f}" in card
     assert all(f"| {lang} | {len(v)} |" in card for lang, v in per_lang.items()) and "preference pairs" in card
 
 

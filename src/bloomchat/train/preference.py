@@ -16,11 +16,27 @@ ORPOTrainer takes it over prompt and reply tokens alike. The stage loss is the m
 pairs of the global batch (`PairSplit.stats.weight` counts pairs). Rewards as TRL logs them:
 b (pi - ref) for dpo/ipo, b pi/n for simpo/orpo; reward accuracy = share of pairs whose chosen
 reward is the higher.
+
+Distance from the reference, two measures (means over reply tokens, pairs weighted by length):
+
+    log_ratio_chosen / _rejected   mean over the data's reply tokens of log pi(y_t) - log ref(y_t)
+                                   (dpo / ipo, train and dev records; from the stored reference
+                                   log-probs, so free). The log-ratio on the pairs' own tokens, NOT
+                                   an expectation under the policy: it is 0 for an untrained policy
+                                   and goes negative when training pushes a side down (DPO lowers
+                                   the rejected side most); it is not a KL and need not be >= 0.
+    kl_next_token                  exact next-token KL(pi || ref) = sum over the vocabulary of
+                                   pi(v) (log pi(v) - log ref(v)), at every reply position of both
+                                   sides, the context teacher-forced from the pair (LoRA stages,
+                                   dev records only: a second forward with the adapter off, the
+                                   same reference that made the stored log-probs). Always >= 0;
+                                   full fine-tuning keeps no reference weights, so it has none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +46,8 @@ from bloomchat.train.packing_attn import packed_forward
 #: Losses that compare with a reference model (the stage's initial weights).
 NEEDS_REFERENCE = ("dpo", "ipo")
 #: Per-pair statistics a PreferenceLoss sums (the metrics are their means).
-STAT_KEYS = ("pairs", "correct", "margin", "reward_chosen", "reward_rejected", "logps_chosen", "logps_rejected")
+STAT_KEYS = ("pairs", "correct", "margin", "reward_chosen", "reward_rejected", "logps_chosen", "logps_rejected",
+             "ratio_chosen", "ratio_rejected", "ratio_tokens_chosen", "ratio_tokens_rejected", "kl", "kl_tokens")
 
 
 @dataclass(frozen=True)
@@ -49,13 +66,33 @@ class PreferenceConfig:
         return self.loss in NEEDS_REFERENCE
 
 
+def reply_logits(model, batch: dict, device, *, bloom: bool | None = None) -> torch.Tensor:
+    """(N, V) logits at the reply positions of a packed pair batch (the tokens with loss)."""
+    return packed_forward(model, batch["input_ids"].to(device), batch["segment_ids"].to(device),
+                          batch["flat_index"].to(device), bloom=bloom)
+
+
+def side_sums(values: torch.Tensor, batch: dict, device) -> torch.Tensor:
+    """(P, 2): per-position `values` (N,) summed per pair and side (chosen, rejected)."""
+    p = int(batch["n_pairs"])
+    return torch.zeros(2 * p, dtype=values.dtype, device=device).index_add(0, batch["slot"].to(device),
+                                                                            values).view(p, 2)
+
+
+def token_logps(logits: torch.Tensor, batch: dict, device) -> torch.Tensor:
+    """(N,) float32 log-probs of the reply tokens under `logits`."""
+    return -F.cross_entropy(logits.float(), batch["targets"].to(device), reduction="none")
+
+
+def next_token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """(N,) KL(pi || ref) of the next-token distributions: sum_v pi(v) (log pi(v) - log ref(v))."""
+    lp, lq = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
 def pair_logps(model, batch: dict, device, *, bloom: bool | None = None) -> torch.Tensor:
     """(P, 2) float32: summed log-probs of the chosen / rejected reply tokens of each pair."""
-    logits = packed_forward(model, batch["input_ids"].to(device), batch["segment_ids"].to(device),
-                            batch["flat_index"].to(device), bloom=bloom)
-    lp = -F.cross_entropy(logits.float(), batch["targets"].to(device), reduction="none")
-    p = int(batch["n_pairs"])
-    return torch.zeros(2 * p, dtype=lp.dtype, device=device).index_add(0, batch["slot"].to(device), lp).view(p, 2)
+    return side_sums(token_logps(reply_logits(model, batch, device, bloom=bloom), batch, device), batch, device)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -93,28 +130,44 @@ def preference_loss(cfg: PreferenceConfig, logps: torch.Tensor, ref: torch.Tenso
 class PreferenceLoss:
     """`loop.LossStep` of a preference stage: summed per-pair loss of a micro-batch. It also sums
     the statistics of the pairs it scores (dummy batches left out), apart for training and the
-    dev pass (model.eval()), the dev ones per language; `metrics` reduces them over processes."""
+    dev pass (model.eval()), the dev ones per language; `metrics` reduces them over processes.
+    `reference`: a context in which the model IS the reference (LoRA: the adapter off); given, the
+    dev pass also measures the exact next-token KL (module doc) with a second, no-grad forward."""
 
-    def __init__(self, cfg: PreferenceConfig, langs: list[str]):
-        self.cfg, self.langs = cfg, list(langs)
+    def __init__(self, cfg: PreferenceConfig, langs: list[str],
+                 reference: Callable[[], ContextManager] | None = None):
+        self.cfg, self.langs, self.reference = cfg, list(langs), reference
         self._sums = {"train": torch.zeros(1, len(STAT_KEYS), dtype=torch.float64),
                       "dev": torch.zeros(max(1, len(self.langs)), len(STAT_KEYS), dtype=torch.float64)}
 
     def __call__(self, model, batch: dict, device, *, bloom: bool | None = None) -> torch.Tensor:
-        logps = pair_logps(model, batch, device, bloom=bloom)
+        logits = reply_logits(model, batch, device, bloom=bloom)
+        logps = side_sums(token_logps(logits, batch, device), batch, device)
         ref = batch.get("ref")
         if self.cfg.needs_reference and ref is None:
             raise RuntimeError("a dpo/ipo batch needs the reference log-probs (PairSplit.ref)")
-        loss, rewards = preference_loss(self.cfg, logps, ref.to(device) if ref is not None else None,
-                                         batch["reply_tokens"].to(device))
+        ref = ref.to(device) if ref is not None else None
+        loss, rewards = preference_loss(self.cfg, logps, ref, batch["reply_tokens"].to(device))
+        kl = None
+        if self.reference is not None and not model.training:  # every process, dummies too: same forwards
+            with torch.no_grad(), self.reference():
+                ref_logits = reply_logits(model, batch, device, bloom=bloom)
+            kl = side_sums(next_token_kl(logits.detach(), ref_logits), batch, device)
         if not batch.get("dummy"):
-            self._record("train" if model.training else "dev", logps.detach(), rewards, batch)
+            ratio = logps.detach().double() - ref.double() if ref is not None else None
+            self._record("train" if model.training else "dev", logps.detach(), rewards, batch, ratio, kl)
         return loss.sum()
 
-    def _record(self, mode: str, logps: torch.Tensor, rewards: torch.Tensor, batch: dict) -> None:
+    def _record(self, mode: str, logps: torch.Tensor, rewards: torch.Tensor, batch: dict,
+                ratio: torch.Tensor | None, kl: torch.Tensor | None) -> None:
         rc, rr = rewards[:, 0].double().cpu(), rewards[:, 1].double().cpu()
         lp = logps.double().cpu()
-        per_pair = torch.stack([torch.ones_like(rc), (rc > rr).double(), rc - rr, rc, rr, lp[:, 0], lp[:, 1]], 1)
+        n = batch["reply_tokens"].double().cpu()
+        zero = torch.zeros_like(n)
+        ratio, n_ratio = (ratio.cpu(), n) if ratio is not None else (zero, zero)
+        kl, n_kl = (kl.double().cpu(), n) if kl is not None else (zero, zero)
+        per_pair = torch.stack([torch.ones_like(rc), (rc > rr).double(), rc - rr, rc, rr, lp[:, 0], lp[:, 1],
+                                ratio[:, 0], ratio[:, 1], n_ratio[:, 0], n_ratio[:, 1], kl.sum(1), n_kl.sum(1)], 1)
         idx = batch["lang_idx"] if mode == "dev" else torch.zeros(len(rc), dtype=torch.long)
         self._sums[mode].index_add_(0, idx, per_pair)
 
@@ -132,6 +185,12 @@ def _means(row: torch.Tensor) -> dict:
     n = float(row[0])
     if n == 0:
         return {}
-    vals = {k: float(row[i]) / n for i, k in enumerate(STAT_KEYS) if k not in ("pairs", "correct")}
-    return {"pairs": int(n), "reward_accuracy": float(row[1]) / n, "reward_margin": vals["margin"],
-            **{k: vals[k] for k in ("reward_chosen", "reward_rejected", "logps_chosen", "logps_rejected")}}
+    r = dict(zip(STAT_KEYS, (float(x) for x in row)))
+    out = {"pairs": int(n), "reward_accuracy": r["correct"] / n, "reward_margin": r["margin"] / n,
+           **{k: r[k] / n for k in ("reward_chosen", "reward_rejected", "logps_chosen", "logps_rejected")}}
+    for side in ("chosen", "rejected"):  # per reply token (module doc); only where a reference was given
+        if r[f"ratio_tokens_{side}"] > 0:
+            out[f"log_ratio_{side}"] = r[f"ratio_{side}"] / r[f"ratio_tokens_{side}"]
+    if r["kl_tokens"] > 0:
+        out["kl_next_token"] = r["kl"] / r["kl_tokens"]
+    return out

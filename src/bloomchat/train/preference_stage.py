@@ -25,10 +25,14 @@ def preference_data(recipe: Recipe, idx: int, tokenizer,
 
 
 def attach_preference(run: StageRun, *, init: str, shards: Path, resumed: bool, progress: bool = False) -> None:
-    """Reference log-probs (dpo / ipo), the preference loss step and its metrics on `run`."""
+    """Reference log-probs (dpo / ipo), the preference loss step and its metrics on `run` (with
+    LoRA, any loss, the dev pass's KL to the adapter-off model)."""
     cfg = PreferenceConfig.of(run.stage)
     if cfg.needs_reference:
         attach_reference(run, init=init, shards=shards, resumed=resumed, progress=progress)
-    step = PreferenceLoss(cfg, run.dev_split.langs if run.dev_split is not None else [])
+    # LoRA: the adapter off is the reference, so the dev pass can measure the exact next-token KL
+    reference = ((lambda: run.accelerator.unwrap_model(run.model).disable_adapter())
+                 if run.recipe.method == "lora" else None)
+    step = PreferenceLoss(cfg, run.dev_split.langs if run.dev_split is not None else [], reference=reference)
     run.loss_step = step
     run.metrics = lambda mode: step.metrics(mode, run.accelerator)

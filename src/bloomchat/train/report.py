@@ -59,8 +59,38 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
+def _plot_preference(ax, train: list[dict], dev: list[dict]) -> None:
+    """A preference stage's second panel: reward accuracy (right axis) and the distance from the
+    reference (log-ratio per reply token, next-token KL) per step, dev values as points."""
+    steps = [r["step"] for r in train]
+    for side, color in (("chosen", "C2"), ("rejected", "C3")):
+        key = f"log_ratio_{side}"
+        if any(key in r for r in train):
+            ax.plot(steps, [r.get(key) for r in train], lw=1, color=color, label=f"log-ratio {side} (per token)")
+        if any(key in r for r in dev):
+            ax.plot([r["step"] for r in dev], [r.get(key) for r in dev], "o", color=color,
+                    label=f"dev log-ratio {side}")
+    if any("kl_next_token" in r for r in dev):
+        ax.plot([r["step"] for r in dev], [r.get("kl_next_token") for r in dev], "D", color="C4",
+                label="dev KL(policy || ref), next token")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("nats per reply token")
+    ax.grid(alpha=0.3)
+    acc = ax.twinx()
+    acc.plot(steps, [r.get("reward_accuracy") for r in train], lw=1, ls="--", color="C0", label="reward accuracy")
+    if any("reward_accuracy" in r for r in dev):
+        acc.plot([r["step"] for r in dev], [r.get("reward_accuracy") for r in dev], "s", color="C0",
+                 label="dev reward accuracy")
+    acc.set_ylim(-0.02, 1.02)
+    acc.set_ylabel("reward accuracy")
+    lines = ax.get_legend_handles_labels(), acc.get_legend_handles_labels()
+    ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], fontsize=7, loc="best")
+
+
 def plot_loss(metrics_path: Path, png: Path, title: str) -> Path | None:
-    """Training loss per step (and the moving average), dev loss points when there are any."""
+    """Training loss per step (and the moving average), dev loss points when there are any; for a
+    preference stage a second panel with reward accuracy and the distance from the reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +103,9 @@ def plot_loss(metrics_path: Path, png: Path, title: str) -> Path | None:
         return None
     steps = [r["step"] for r in train]
     loss = [r["loss"] for r in train]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    pref = any("reward_accuracy" in r for r in train)
+    fig, axes = plt.subplots(2 if pref else 1, 1, figsize=(7, 7 if pref else 4), sharex=True, squeeze=False)
+    ax = axes[0, 0]
     k = max(1, len(loss) // 20)
     ax.plot(steps, loss, lw=1, alpha=0.5 if k > 1 else 1.0, label="train loss (per step)")
     for r0, r1 in zip(train, train[1:]):  # epoch boundaries
@@ -85,10 +117,12 @@ def plot_loss(metrics_path: Path, png: Path, title: str) -> Path | None:
     if dev:
         ax.plot([r["step"] for r in dev], [r["loss"] for r in dev], "o", color="C3", label="dev loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss per loss token (nats)")
+    ax.set_ylabel("loss per pair" if pref else "loss per loss token (nats)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    if pref:
+        _plot_preference(axes[1, 0], train, dev)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -145,8 +179,22 @@ def _data_lines(data_stats: dict, split: dict) -> list[str]:
             f"({split.get('loss_tokens', '?')} of them bot reply tokens, the only ones with loss)."]
 
 
+def _kl_line(dev: dict) -> list[str]:
+    """How far the tuned model moved from the reference on the held-out pairs (preference.py doc)."""
+    out = []
+    if "log_ratio_chosen" in dev:
+        out.append(f"- log-ratio to the reference per reply token of the held-out pairs (log pi - log pi_ref on the "
+                   f"pairs' own tokens, not a KL): chosen {dev['log_ratio_chosen']:.4f}, rejected "
+                   f"{dev['log_ratio_rejected']:.4f}")
+    if "kl_next_token" in dev:
+        out.append(f"- KL(policy || initial weights) of the next-token distributions, mean over the reply "
+                   f"positions of the held-out pairs: {dev['kl_next_token']:.5f} nats (the initial weights: the "
+                   "LoRA adapter off)")
+    return out
+
+
 def _preference_lines(stage, result: dict) -> list[str]:
-    """The preference section of a kind: dpo stage's card: objective and held-out reward accuracy."""
+    """The preference section of a kind: dpo stage's card: objective, held-out reward accuracy, KL."""
     if getattr(stage, "kind", "sft") == "sft":
         return []
     ref = {"dpo": "the stage's initial weights", "ipo": "the stage's initial weights"}.get(stage.loss, "none")
@@ -155,10 +203,13 @@ def _preference_lines(stage, result: dict) -> list[str]:
     dev = result.get("dev_metrics") or {}
     out = ["## Preference tuning", "", f"- loss: {stage.loss} ({knobs}); reference model: {ref}"]
     if dev:
+        kl = "kl_next_token" in dev
         out += [f"- held-out pairs: {dev['pairs']}, reward accuracy {dev['reward_accuracy']:.3f}, mean reward "
-                f"margin {dev['reward_margin']:.4f}", "", "| language | pairs | reward accuracy | reward margin |",
-                "|---|---|---|---|"]
+                f"margin {dev['reward_margin']:.4f}", *_kl_line(dev), "",
+                "| language | pairs | reward accuracy | reward margin |" + (" KL to initial weights |" if kl else ""),
+                "|---|---|---|---|" + ("---|" if kl else "")]
         out += [f"| {lang} | {v['pairs']} | {v['reward_accuracy']:.3f} | {v['reward_margin']:.4f} |"
+                + (f" {v['kl_next_token']:.5f} |" if kl else "")
                 for lang, v in sorted((dev.get("by_lang") or {}).items())]
     return out + [""]
 
