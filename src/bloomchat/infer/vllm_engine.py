@@ -48,10 +48,9 @@ def import_vllm():
     return AsyncEngineArgs, SamplingParams, TokensPrompt, RequestOutputKind, AsyncLLM
 
 
-def sampling_params(params: GenerationParams, eos_ids: list[int]):
+def sampling_params(params: GenerationParams, eos_ids: list[int], SamplingParams, RequestOutputKind):
     """bloomchat's GenerationParams as vLLM SamplingParams: token ids out (bloomchat detokenizes),
     deltas only, EOS as stop token; stop texts are cut by `advance`, as in the built-in engine."""
-    _, SamplingParams, _, RequestOutputKind, _ = import_vllm()
     return SamplingParams(
         temperature=0.0 if params.greedy else params.temperature, top_p=params.top_p, top_k=params.top_k,
         repetition_penalty=params.repetition_penalty, max_tokens=params.max_new_tokens,
@@ -65,7 +64,7 @@ class VllmEngine:
     def __init__(self, model_path: str, tokenizer, *, eos_token_ids: list[int], max_batch_size: int = 16,
                  context: int = 2048, dtype: str = "float32", stop_texts: tuple[str, ...] = DEFAULT_STOP_TEXTS,
                  seed: int = 0):
-        AsyncEngineArgs, _, self._TokensPrompt, _, AsyncLLM = import_vllm()
+        AsyncEngineArgs, self._SamplingParams, self._TokensPrompt, self._OutputKind, AsyncLLM = import_vllm()
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_token_ids)
         self._eos_list = list(eos_token_ids)
@@ -148,16 +147,14 @@ class VllmEngine:
         """Feed vLLM's new token ids to `advance` until it ends the reply; closing the stream early
         (stop text, cut by a guard, cancelled) makes vLLM abort the request and free its cache."""
         stream = self._llm.generate(self._TokensPrompt(prompt_token_ids=s.prompt_ids),
-                                    sampling_params(s.params, self._eos_list), request_id=f"bloomchat-{s.rid}")
+                                    sampling_params(s.params, self._eos_list, self._SamplingParams, self._OutputKind),
+                                    request_id=f"bloomchat-{s.rid}")
         going = True
         try:
             async for out in stream:
                 self.steps += 1
-                for tok in out.outputs[0].token_ids:
-                    going = advance(s, tok, self.eos_ids, self.tokenizer)
-                    if not going:
-                        break
-                if not going:
+                going = all(advance(s, tok, self.eos_ids, self.tokenizer) for tok in out.outputs[0].token_ids)
+                if not going:  # all() stopped at the token that ended the reply
                     break
             if going:  # vLLM ended it without a token `advance` ends on
                 s.sink(Event(done=True, finish_reason="stop", prompt_tokens=len(s.prompt_ids),

@@ -78,15 +78,21 @@ def load_tokenizer(name_or_path: str | Path):
     return ensure_chat_template(tok)
 
 
+def dtype_name(dtype: str) -> str:
+    """The canonical name (float32, bfloat16, float16, auto) of a dtype as users write it (bf16, fp16 ...)."""
+    if dtype not in _DTYPES:
+        raise BloomchatError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
 def load_model(name_or_path: str | Path, *, dtype: str = "float32", device: str | None = None):
     """AutoModelForCausalLM in the given dtype (float32, bf16, fp16, auto)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     src = _check_exists(name_or_path, "model")
-    if dtype not in _DTYPES:
-        raise BloomchatError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
-    torch_dtype = _DTYPES[dtype] if dtype == "auto" else getattr(torch, _DTYPES[dtype])
+    name = dtype_name(dtype)
+    torch_dtype = name if name == "auto" else getattr(torch, name)
     kwargs = _hub_kwargs(src)
     try:
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype, **kwargs)
